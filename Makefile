@@ -1,0 +1,66 @@
+# spine-seg: every command a user or CI needs. Versions live in setup.cfg only.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RAW ?= ../shared/data/aasce
+DATA ?= data/aasce
+FOLD ?= 0
+RUN_DIR ?= $(HOME)/.cache/spine-seg/train-fold$(FOLD)
+OUT ?= out
+STRUCTURES ?= T12,L1,L2,L3,L4,L5
+BUNDLE_RUN := $(PY) -m monai.bundle run --logging_file bundle/configs/logging.conf
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install test lint convert-data train evaluate report predict-test demo export bench-convert bench-infer clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev,export]"
+	touch $@
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -ra
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+convert-data: install
+	$(PY) -m data_prep $(RAW) $(DATA) --structure-names $(STRUCTURES)
+
+train: convert-data
+	mkdir -p $(RUN_DIR)
+	$(BUNDLE_RUN) training --config_file bundle/configs/train.json \
+		--dataset_dir $(DATA) --fold $(FOLD) --run_dir $(RUN_DIR) 2>&1 | tee -a $(RUN_DIR)/train.log
+
+evaluate: install
+	$(BUNDLE_RUN) --config_file "['bundle/configs/train.json','bundle/configs/evaluate.json']" \
+		--dataset_dir $(DATA) --fold $(FOLD) --output_dir $(OUT)/eval
+	$(PY) -m spine_seg.evaluation_table $(OUT)/eval --dataset-json $(DATA)/dataset.json
+
+report: install
+	$(PY) -m spine_seg.report --eval-dir $(OUT)/eval --run-dir $(RUN_DIR) --dataset-json $(DATA)/dataset.json \
+		--out docs/figures
+
+predict-test: convert-data
+	$(PY) -m spine_seg.cli predict $(RAW)/test/img --out $(OUT)/test-npy --dataset-json $(DATA)/dataset.json
+
+demo: install
+	$(PY) -m spine_seg.demo --raw $(RAW) --out $(OUT)/demo
+
+export: install
+	$(PY) -m spine_seg.cli export $(OUT)/pred $(OUT)/npy --dataset-json $(DATA)/dataset.json
+
+bench-convert: install
+	$(PY) scripts/bench_convert.py
+
+bench-infer: install
+	$(PY) scripts/bench_infer.py
+
+clean:
+	rm -rf $(OUT) .pytest_cache .ruff_cache

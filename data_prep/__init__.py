@@ -1,0 +1,1 @@
+"""Turn DICOM radiographs + MATLAB masks into NIfTI pairs and a datalist."""

@@ -1,0 +1,74 @@
+"""Find the cases in a raw folder: ``train/img/*.dcm`` + ``train/label/*.mat`` and ``test/img/*.dcm``,
+or a flat folder of ``.dcm`` files, each with a matching ``.mat`` when it is a training case."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One radiograph: ``mask`` is None for a test case."""
+
+    case_id: str
+    image: Path
+    mask: Path | None
+
+
+@dataclass
+class Discovery:
+    """Cases found, and files that cannot form a case (path, cause)."""
+
+    training: list[Case]
+    test: list[Case]
+    bad: list[tuple[Path, str]]
+
+
+def _dicoms(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in DICOM_SUFFIXES)
+
+
+def _mats(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() == ".mat"}
+
+
+def discover(root: str | Path) -> Discovery:
+    """List the cases under ``root``; ids are file stems and must be unique across training and test."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: input folder does not exist")
+    bad: list[tuple[Path, str]] = []
+    training: list[Case] = []
+    test: list[Case] = []
+    if (root / "train").is_dir() or (root / "test").is_dir():
+        masks = _mats(root / "train" / "label")
+        for image in _dicoms(root / "train" / "img"):
+            mask = masks.pop(image.stem, None)
+            if mask is None:
+                bad.append((image, f"training image has no label train/label/{image.stem}.mat"))
+            else:
+                training.append(Case(image.stem, image, mask))
+        bad += [(m, "label has no image in train/img") for m in masks.values()]
+        test = [Case(p.stem, p, None) for p in _dicoms(root / "test" / "img")]
+    else:
+        masks = _mats(root)
+        for image in _dicoms(root):
+            mask = masks.pop(image.stem, None)
+            (training if mask else test).append(Case(image.stem, image, mask))
+        bad += [(m, "label has no image") for m in masks.values()]
+    counts = Counter(c.case_id for c in training + test)
+    duplicated = {i for i, n in counts.items() if n > 1}
+    for case in training + test:
+        if case.case_id in duplicated:
+            bad.append((case.image, f"duplicate case id {case.case_id!r}"))
+    training = [c for c in training if c.case_id not in duplicated]
+    test = [c for c in test if c.case_id not in duplicated]
+    return Discovery(training, test, bad)

@@ -1,0 +1,92 @@
+"""``spine-seg`` command line: convert, export, predict, table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from data_prep import cli as convert_cli
+from spine_seg.export import ExportFormat, export_dir, shapes_from_dataset_json
+from spine_seg.label_layout import LAYOUTS
+from spine_seg.predict import DEFAULT_BUNDLE, predict
+
+
+def _format(args: argparse.Namespace) -> ExportFormat:
+    if args.dataset_json:
+        return ExportFormat.from_dataset_json(args.dataset_json)
+    return ExportFormat(args.layout, args.channels)
+
+
+def _add_format_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset-json", help="dataset.json from data_prep: gives the layout and channel count")
+    parser.add_argument("--layout", choices=LAYOUTS, default="background-last", help="without --dataset-json")
+    parser.add_argument("--channels", type=int, default=7, help="without --dataset-json")
+
+
+def _export(args: argparse.Namespace) -> int:
+    shapes = shapes_from_dataset_json(args.dataset_json) if args.dataset_json else None
+    report = export_dir(args.pred_dir, args.out_dir, _format(args), shapes, progress=not args.no_progress)
+    print(f"exported {len(report.written)} -> {args.out_dir}; bad {len(report.bad)}")
+    for line in report.bad:
+        print(f"  BAD {line}")
+    return 0 if report.written and not report.bad else 1
+
+
+def _dicoms(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files += sorted(p.glob("*.dcm")) if p.is_dir() else [p]
+    return files
+
+
+def _predict(args: argparse.Namespace) -> int:
+    names = args.structure_names.split(",") if args.structure_names else None
+    images = _dicoms(args.images)
+    if args.limit:
+        images = images[: args.limit]
+    overrides = {"ckpt_path": args.weights} if args.weights else {}
+    report = predict(
+        images, args.out, _format(args), Path(args.bundle), not args.no_overlay, names, not args.no_progress, **overrides
+    )
+    print(f"wrote {len(report.written)} files to {args.out}")
+    for line in report.bad:
+        print(f"  BAD {line}")
+    for case, problems in report.implausible.items():
+        print(f"  CHECK {case}: {'; '.join(problems)}")
+    return 0 if report.written and not report.bad else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spine-seg", description="Vertebra segmentation of spine radiographs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    convert_cli.build_parser(sub.add_parser("convert", help="DICOM + .mat -> NIfTI pairs + dataset.json"))
+
+    exp = sub.add_parser("export", help="prediction NIfTI -> challenge .npy (R x C x K uint8)")
+    exp.add_argument("pred_dir")
+    exp.add_argument("out_dir")
+    _add_format_options(exp)
+    exp.add_argument("--no-progress", action="store_true")
+
+    pred = sub.add_parser("predict", help="DICOM -> challenge .npy + overlay PNG with the bundle's weights")
+    pred.add_argument("images", nargs="+", help="DICOM files or folders of .dcm files")
+    pred.add_argument("--out", required=True, help="output folder")
+    pred.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="MONAI bundle folder")
+    pred.add_argument("--weights", help="checkpoint to use instead of <bundle>/models/model.pt")
+    pred.add_argument("--structure-names", default="T12,L1,L2,L3,L4,L5")
+    pred.add_argument("--limit", type=int, help="only the first N images")
+    pred.add_argument("--no-overlay", action="store_true")
+    pred.add_argument("--no-progress", action="store_true")
+    _add_format_options(pred)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "convert":
+        return convert_cli.run(args)
+    return {"export": _export, "predict": _predict}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Read a 2D radiograph from DICOM as an ``R x C`` array in the DICOM's row/column order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_rescale
+
+from spine_seg.errors import InputFileError
+
+
+@dataclass
+class Radiograph:
+    """A decoded radiograph.
+
+    Attributes:
+        pixels: ``R x C`` array, MONOCHROME2 (bright = dense), modality LUT applied; integer dtype when
+            the values are integral, else float32.
+        spacing: (row, column) pixel spacing in mm.
+        spacing_source: the DICOM attribute the spacing came from, or ``"default"`` when none was found.
+        warnings: notes about the file that did not stop the read.
+    """
+
+    pixels: np.ndarray
+    spacing: tuple[float, float]
+    spacing_source: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def _spacing(ds: pydicom.Dataset) -> tuple[tuple[float, float], str]:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
+            return (float(value[0]), float(value[1])), keyword
+    return (1.0, 1.0), "default"
+
+
+def _invert_monochrome1(raw: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    """Map stored MONOCHROME1 values onto MONOCHROME2 over the full stored-bits range."""
+    bits = int(ds.get("BitsStored", ds.BitsAllocated))
+    if int(ds.get("PixelRepresentation", 0)) == 1:
+        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    else:
+        lo, hi = 0, 2**bits - 1
+    return (lo + hi - raw.astype(np.int64)).astype(raw.dtype)
+
+
+def _compact(arr: np.ndarray) -> np.ndarray:
+    """Store integral values in the smallest integer dtype that holds them, others as float32."""
+    if arr.size and np.issubdtype(arr.dtype, np.floating) and not np.all(np.mod(arr, 1) == 0):
+        return arr.astype(np.float32)
+    lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+    for dtype in (np.uint8, np.int16, np.uint16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return arr.astype(dtype, copy=False)
+    return arr.astype(np.float32)
+
+
+def read_radiograph(path: str | Path) -> Radiograph:
+    """Read a single-frame grayscale DICOM radiograph.
+
+    Handles uncompressed, JPEG (baseline, lossless) and JPEG 2000 pixel data, inverts MONOCHROME1 and
+    applies RescaleSlope/Intercept. Raises :class:`InputFileError` naming the file and the cause.
+    """
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as err:
+        raise InputFileError(path, f"not a readable DICOM file ({type(err).__name__}: {err})") from err
+    if "PixelData" not in ds:
+        raise InputFileError(path, "DICOM file has no pixel data")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise InputFileError(path, f"multi-frame image ({frames} frames); a single 2D radiograph is expected")
+    samples = int(ds.get("SamplesPerPixel", 1))
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise InputFileError(
+            path, f"colour image ({photometric}, {samples} samples per pixel); grayscale is expected"
+        )
+    try:
+        raw = ds.pixel_array
+    except NotImplementedError as err:
+        syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
+        raise InputFileError(path, f"unsupported transfer syntax {syntax} ({err})") from err
+    except Exception as err:  # noqa: BLE001 - decoders raise many types; all mean undecodable data
+        raise InputFileError(path, f"pixel data cannot be decoded ({type(err).__name__}: {err})") from err
+    if raw.ndim != 2:
+        raise InputFileError(path, f"pixel data has shape {raw.shape}; a 2D image is expected")
+    if photometric == "MONOCHROME1":
+        raw = _invert_monochrome1(raw, ds)
+    pixels = apply_rescale(raw, ds) if "RescaleSlope" in ds or "RescaleIntercept" in ds else raw
+    spacing, source = _spacing(ds)
+    warnings = [] if source != "default" else [f"{path.name}: no PixelSpacing/ImagerPixelSpacing, using 1.0 mm"]
+    return Radiograph(_compact(np.asarray(pixels)), spacing, source, warnings)

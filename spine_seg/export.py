@@ -1,0 +1,101 @@
+"""Export predicted class maps to the challenge format: ``R x C x K`` uint8 ``.npy`` per image.
+
+The channel layout (e.g. background-last) and K come from the ``dataset.json`` written by ``data_prep``,
+so the export reproduces the training masks' format exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from spine_seg.atomic import atomic_path
+from spine_seg.label_layout import from_class_map, num_structures
+from spine_seg.nifti_io import read_nifti
+
+PRED_SUFFIXES = ("_seg.nii.gz", ".nii.gz", "_seg.nii", ".nii")
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """Channel layout and count of the exported masks."""
+
+    layout: str = "background-last"
+    channels: int = 7
+
+    @classmethod
+    def from_dataset_json(cls, path: str | Path) -> ExportFormat:
+        meta = json.loads(Path(path).read_text())
+        if not meta.get("label_layout"):
+            raise ValueError(f"{path}: no label_layout recorded (was the dataset converted with labels?)")
+        return cls(meta["label_layout"], int(meta["label_channels"]))
+
+
+@dataclass
+class ExportReport:
+    written: list[Path] = field(default_factory=list)
+    bad: list[str] = field(default_factory=list)
+
+
+def case_id(pred_path: Path) -> str:
+    """The case id of a prediction file: its name without ``_seg`` and the NIfTI suffix."""
+    name = pred_path.name
+    for suffix in PRED_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return pred_path.stem
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> None:
+    """Write ``array`` to a ``.npy`` file atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+def class_map_to_challenge(class_map: np.ndarray, fmt: ExportFormat) -> np.ndarray:
+    """``R x C`` class map -> ``R x C x K`` uint8 in ``fmt``; labels above the structure count are refused."""
+    n = num_structures(fmt.layout, fmt.channels)
+    if class_map.size and int(class_map.max()) > n:
+        raise ValueError(f"class map has label {int(class_map.max())} but the format has {n} structures")
+    return from_class_map(class_map.astype(np.uint8), fmt.layout, fmt.channels)
+
+
+def export_dir(
+    pred_dir: str | Path,
+    out_dir: str | Path,
+    fmt: ExportFormat,
+    expected_shapes: dict[str, tuple[int, int]] | None = None,
+    progress: bool = True,
+) -> ExportReport:
+    """Export every prediction NIfTI in ``pred_dir`` to ``out_dir/<id>.npy``; bad files are reported.
+
+    ``expected_shapes`` maps case id to the original ``(R, C)``; a prediction of another size is bad.
+    """
+    pred_dir, out_dir = Path(pred_dir), Path(out_dir)
+    report = ExportReport()
+    files = sorted(p for p in pred_dir.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
+    if not files:
+        raise FileNotFoundError(f"{pred_dir}: no prediction NIfTI files")
+    for path in tqdm(files, desc="export", unit="img", disable=not progress):
+        cid = case_id(path)
+        try:
+            class_map = read_nifti(path)
+            want = (expected_shapes or {}).get(cid)
+            if want is not None and tuple(class_map.shape) != tuple(want):
+                raise ValueError(f"prediction is {class_map.shape} but the original image is {tuple(want)}")
+            target = out_dir / f"{cid}.npy"
+            save_npy(target, class_map_to_challenge(class_map, fmt))
+            report.written.append(target)
+        except Exception as err:  # noqa: BLE001 - a bad file must not stop the batch
+            report.bad.append(f"{path}: {err}")
+    return report
+
+
+def shapes_from_dataset_json(path: str | Path) -> dict[str, tuple[int, int]]:
+    """Original ``(R, C)`` of every case recorded in a ``dataset.json``."""
+    meta = json.loads(Path(path).read_text())
+    return {r["id"]: tuple(r["shape"]) for r in meta.get("training", []) + meta.get("test", [])}

@@ -1,0 +1,113 @@
+"""DICOM radiographs -> challenge ``.npy`` masks (+ overlay PNGs) with the MONAI bundle's inference config.
+
+The bundle's ``configs/inference.json`` does all the image work (resampling, network, restoring the
+original grid, largest component per vertebra); this module only feeds it and exports its output.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from spine_seg.anatomy import order_problems
+from spine_seg.dicom_io import read_radiograph
+from spine_seg.errors import InputFileError
+from spine_seg.export import ExportFormat, class_map_to_challenge, save_npy
+from spine_seg.label_layout import num_structures
+from spine_seg.nifti_io import read_nifti, write_nifti
+from spine_seg.overlay import save_overlay
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+
+
+@dataclass
+class PredictReport:
+    """Files written, inputs that failed, and anatomically implausible predictions (id -> problems)."""
+
+    written: list[Path] = field(default_factory=list)
+    bad: list[str] = field(default_factory=list)
+    implausible: dict[str, list[str]] = field(default_factory=dict)
+
+
+def run_bundle_inference(
+    datalist: list[dict[str, str]], output_dir: Path, bundle_dir: Path = DEFAULT_BUNDLE, **overrides: object
+) -> None:
+    """Run ``bundle_dir/configs/inference.json`` over ``datalist``; writes ``<id>_seg.nii.gz`` to output_dir."""
+    from monai.bundle import ConfigWorkflow
+
+    bundle_dir = Path(bundle_dir).resolve()
+    ckpt = Path(str(overrides.pop("ckpt_path", bundle_dir / "models" / "model.pt")))
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: no trained weights; train with `make train` or pass another checkpoint")
+    workflow = ConfigWorkflow(
+        config_file=str(bundle_dir / "configs" / "inference.json"),
+        meta_file=str(bundle_dir / "configs" / "metadata.json"),
+        logging_file=str(bundle_dir / "configs" / "logging.conf"),
+        workflow_type="infer",
+        bundle_root=str(bundle_dir),
+        ckpt_path=str(ckpt),
+        datalist=datalist,
+        output_dir=str(output_dir),
+        **overrides,
+    )
+    workflow.initialize()
+    try:
+        workflow.run()
+    except Exception as err:
+        if "load" in str(err).lower() or "pickle" in type(err).__name__.lower() or "state_dict" in str(err):
+            raise RuntimeError(f"{ckpt}: cannot load the weights ({type(err).__name__}: {err})") from err
+        raise
+    finally:
+        workflow.finalize()
+
+
+def predict(
+    images: list[Path],
+    out_dir: str | Path,
+    fmt: ExportFormat = ExportFormat(),
+    bundle_dir: Path = DEFAULT_BUNDLE,
+    overlays: bool = True,
+    structure_names: list[str] | None = None,
+    progress: bool = True,
+    **overrides: object,
+) -> PredictReport:
+    """Segment DICOM ``images`` and write ``out_dir/<id>.npy`` (``R x C x K`` uint8) and ``<id>.png`` overlays.
+
+    Unreadable images are reported in the result and do not stop the others.
+    """
+    out_dir = Path(out_dir)
+    report = PredictReport()
+    n = num_structures(fmt.layout, fmt.channels)
+    with tempfile.TemporaryDirectory(prefix="spine-seg-") as tmp:
+        tmp_dir = Path(tmp)
+        radiographs = {}
+        for path in tqdm(images, desc="read", unit="img", disable=not progress):
+            try:
+                radiograph = read_radiograph(path)
+            except InputFileError as err:
+                report.bad.append(str(err))
+                continue
+            case = Path(path).stem
+            write_nifti(tmp_dir / "img" / f"{case}.nii", radiograph.pixels, radiograph.spacing)
+            radiographs[case] = radiograph
+        if not radiographs:
+            return report
+        datalist = [{"image": str(tmp_dir / "img" / f"{c}.nii")} for c in radiographs]
+        run_bundle_inference(datalist, tmp_dir / "pred", bundle_dir, **overrides)
+        for case, radiograph in tqdm(radiographs.items(), desc="export", unit="img", disable=not progress):
+            class_map = read_nifti(tmp_dir / "pred" / f"{case}_seg.nii.gz")
+            if class_map.shape != radiograph.pixels.shape:
+                report.bad.append(f"{case}: prediction {class_map.shape} differs from image {radiograph.pixels.shape}")
+                continue
+            problems = order_problems(class_map, n, structure_names)
+            if problems:
+                report.implausible[case] = problems
+            save_npy(out_dir / f"{case}.npy", class_map_to_challenge(class_map, fmt))
+            report.written.append(out_dir / f"{case}.npy")
+            if overlays:
+                save_overlay(out_dir / f"{case}.png", radiograph.pixels, class_map)
+                report.written.append(out_dir / f"{case}.png")
+    return report
