@@ -12,7 +12,7 @@ STRUCTURES ?= T12,L1,L2,L3,L4,L5
 BUNDLE_RUN := $(PY) -m monai.bundle run --logging_file bundle/configs/logging.conf
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test lint convert-data train evaluate report predict-test demo export bench-convert bench-infer clean
+.PHONY: install test lint convert-data train evaluate report infer export predict-test demo bench-convert bench-infer clean
 
 install: $(INSTALLED)
 
@@ -53,7 +53,10 @@ predict-test: convert-data
 demo: install
 	$(PY) -m spine_seg.demo --raw $(RAW) --out $(OUT)/demo
 
-export: install
+infer: convert-data
+	$(BUNDLE_RUN) --config_file bundle/configs/inference.json --dataset_dir $(DATA) --output_dir $(OUT)/pred
+
+export: infer
 	$(PY) -m spine_seg.cli export $(OUT)/pred $(OUT)/npy --dataset-json $(DATA)/dataset.json
 
 bench-convert: install
@@ -61,6 +64,7 @@ bench-convert: install
 
 bench-infer: install
 	$(PY) scripts/bench_infer.py
+	if [ -d $(RAW)/test/img ]; then $(PY) scripts/bench_infer.py --real $(RAW)/test/img --count 20; fi
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache

@@ -10,7 +10,8 @@ def centroid_rows(class_map: np.ndarray, num_structures: int) -> list[float | No
     """Row coordinate (pixels) of each structure's centroid, None for an absent structure."""
     labels = np.arange(1, num_structures + 1)
     present = ndimage.sum_labels(np.ones_like(class_map, dtype=np.uint8), class_map, labels) > 0
-    centres = ndimage.center_of_mass(np.ones_like(class_map, dtype=np.uint8), class_map, labels)
+    with np.errstate(invalid="ignore", divide="ignore"):  # absent labels give NaN centres, reported as None
+        centres = ndimage.center_of_mass(np.ones_like(class_map, dtype=np.uint8), class_map, labels)
     return [float(c[0]) if ok else None for c, ok in zip(centres, present, strict=True)]
 
 

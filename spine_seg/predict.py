@@ -21,6 +21,7 @@ from spine_seg.nifti_io import read_nifti, write_nifti
 from spine_seg.overlay import save_overlay
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+CHALLENGE_FORMAT = ExportFormat("background-last", 7)
 
 
 @dataclass
@@ -30,6 +31,18 @@ class PredictReport:
     written: list[Path] = field(default_factory=list)
     bad: list[str] = field(default_factory=list)
     implausible: dict[str, list[str]] = field(default_factory=dict)
+
+
+def check_checkpoint(ckpt: Path) -> None:
+    """Raise RuntimeError naming ``ckpt`` when it is not a loadable PyTorch state dict."""
+    import torch
+
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch.load raises many types for a damaged file
+        raise RuntimeError(f"{ckpt}: cannot load the weights ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict):
+        raise RuntimeError(f"{ckpt}: cannot load the weights (a state dict is expected, got {type(state).__name__})")
 
 
 def run_bundle_inference(
@@ -42,6 +55,7 @@ def run_bundle_inference(
     ckpt = Path(str(overrides.pop("ckpt_path", bundle_dir / "models" / "model.pt")))
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt}: no trained weights; train with `make train` or pass another checkpoint")
+    check_checkpoint(ckpt)
     workflow = ConfigWorkflow(
         config_file=str(bundle_dir / "configs" / "inference.json"),
         meta_file=str(bundle_dir / "configs" / "metadata.json"),
@@ -56,10 +70,6 @@ def run_bundle_inference(
     workflow.initialize()
     try:
         workflow.run()
-    except Exception as err:
-        if "load" in str(err).lower() or "pickle" in type(err).__name__.lower() or "state_dict" in str(err):
-            raise RuntimeError(f"{ckpt}: cannot load the weights ({type(err).__name__}: {err})") from err
-        raise
     finally:
         workflow.finalize()
 
@@ -67,7 +77,7 @@ def run_bundle_inference(
 def predict(
     images: list[Path],
     out_dir: str | Path,
-    fmt: ExportFormat = ExportFormat(),
+    fmt: ExportFormat = CHALLENGE_FORMAT,
     bundle_dir: Path = DEFAULT_BUNDLE,
     overlays: bool = True,
     structure_names: list[str] | None = None,

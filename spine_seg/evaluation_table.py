@@ -1,0 +1,84 @@
+"""Per-vertebra Dice and HD95 table from the CSVs that the bundle's ``evaluate.json`` (MetricsSaver) writes.
+
+``python -m spine_seg.evaluation_table EVAL_DIR [--dataset-json D]`` prints the table and writes
+``EVAL_DIR/per_vertebra.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from spine_seg.atomic import write_text_atomic
+
+
+def read_raw(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
+    """MetricsSaver ``*_raw.csv`` -> (filenames, class columns, ``cases x classes`` float array)."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    classes = [c for c in header[1:] if c != "mean"]
+    values = np.array([[float(v) for v in r[1 : 1 + len(classes)]] for r in body], dtype=np.float64)
+    return [r[0] for r in body], classes, values.reshape(len(body), len(classes))
+
+
+def structure_names(dataset_json: str | Path | None, count: int) -> list[str]:
+    if dataset_json is None:
+        return [f"structure_{k}" for k in range(1, count + 1)]
+    labels = json.loads(Path(dataset_json).read_text())["labels"]
+    return [labels[str(k)] for k in range(1, count + 1)]
+
+
+def table(eval_dir: str | Path, dataset_json: str | Path | None = None) -> tuple[str, list[dict[str, object]]]:
+    """Return the printable table and its rows (one per structure, then ``mean``)."""
+    eval_dir = Path(eval_dir)
+    files, _, dice = read_raw(eval_dir / "val_mean_dice_raw.csv")
+    _, _, hd95 = read_raw(eval_dir / "val_hd95_raw.csv")
+    names = structure_names(dataset_json, dice.shape[1])
+    rows: list[dict[str, object]] = []
+    for k, name in enumerate([*names, "mean"]):
+        d = dice[:, k] if k < len(names) else np.nanmean(dice, axis=1)
+        h = hd95[:, k] if k < len(names) else np.nanmean(hd95, axis=1)
+        rows.append(
+            {
+                "structure": name,
+                "dice_mean": float(np.nanmean(d)),
+                "dice_std": float(np.nanstd(d)),
+                "dice_min": float(np.nanmin(d)),
+                "hd95_mean_px": float(np.nanmean(h)),
+                "hd95_median_px": float(np.nanmedian(h)),
+            }
+        )
+    lines = [
+        f"{len(files)} validation cases",
+        "| structure | Dice mean ± sd | Dice min | HD95 mean (px) | HD95 median (px) |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['structure']} | {r['dice_mean']:.3f} ± {r['dice_std']:.3f} | {r['dice_min']:.3f} "
+        f"| {r['hd95_mean_px']:.1f} | {r['hd95_median_px']:.1f} |"
+        for r in rows
+    ]
+    return "\n".join(lines), rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("eval_dir")
+    parser.add_argument("--dataset-json")
+    args = parser.parse_args(argv)
+    text, rows = table(args.eval_dir, args.dataset_json)
+    print(text)
+    header = list(rows[0])
+    body = [",".join(header)] + [",".join(str(r[h]) for h in header) for r in rows]
+    write_text_atomic(Path(args.eval_dir) / "per_vertebra.csv", "\n".join(body) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

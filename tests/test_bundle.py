@@ -1,0 +1,179 @@
+"""The MONAI bundle end to end on phantom radiographs: train, resume, evaluate, infer, export, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.networks.nets import BasicUNet
+
+from data_prep.convert import convert
+from spine_seg.dicom_io import read_radiograph
+from spine_seg.export import ExportFormat, export_dir
+from spine_seg.nifti_io import read_nifti
+from spine_seg.phantom import write_challenge_folder
+from spine_seg.predict import predict
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
+CONFIGS = BUNDLE / "configs"
+# A small grid and short schedule: phantoms are simple, CI has two CPU cores.
+SMALL = ["--spatial_size", "[96,48]", "--num_workers", "0", "--batch_size", "4", "--val_interval", "1"]
+
+
+def bundle_run(*args: str, cwd: Path = REPO, timeout: int = 600) -> str:
+    """Run ``python -m monai.bundle ARGS``; return stdout+stderr, failing the test on a non-zero exit."""
+    cmd = [sys.executable, "-m", "monai.bundle", *args, "--logging_file", str(CONFIGS / "logging.conf")]
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{log[-4000:]}"
+    return log
+
+
+def mean_dice(metrics_dir: Path) -> float:
+    rows = dict(line.split(",") for line in (metrics_dir / "metrics.csv").read_text().split())
+    return float(rows["val_mean_dice"])
+
+
+@pytest.fixture(scope="module")
+def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 training + 2 test phantom radiographs of assorted sizes, converted to NIfTI + dataset.json."""
+    root = tmp_path_factory.mktemp("phantom")
+    shapes = [(192 + 8 * (i % 5), 96 + 6 * (i % 3)) for i in range(22)]
+    raw = write_challenge_folder(root / "raw", n_train=20, n_test=2, shapes=shapes, seed=3)
+    report = convert(raw, root / "data", structure_names=["T12", "L1", "L2", "L3", "L4", "L5"], progress=False)
+    assert not report.bad
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def trained(phantom_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
+    """A short training run through ``python -m monai.bundle run training`` (the design card's command)."""
+    work = tmp_path_factory.mktemp("train")
+    log = bundle_run(
+        "run", "training", "--config_file", str(CONFIGS / "train.json"), "--dataset_dir", str(phantom_data),
+        "--run_dir", str(work / "run"), "--ckpt_dir", str(work / "models"), "--max_epochs", "12",
+        "--learning_rate", "0.01", *SMALL,
+    )
+    return {"work": work, "log": log, "ckpt": work / "models" / "model.pt"}
+
+
+def evaluate(phantom_data: Path, ckpt: Path, out: Path) -> float:
+    bundle_run(
+        "run", "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']",
+        "--dataset_dir", str(phantom_data), "--ckpt_path", str(ckpt), "--output_dir", str(out), *SMALL,
+    )
+    return mean_dice(out)
+
+
+def test_training_beats_untrained_model(phantom_data: Path, trained: dict, tmp_path: Path) -> None:
+    assert trained["ckpt"].is_file(), trained["log"][-3000:]
+    untrained = tmp_path / "untrained.pt"
+    torch.manual_seed(0)
+    net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=7, features=(16, 16, 32, 64, 128, 16))
+    torch.save(net.state_dict(), untrained)
+    before = evaluate(phantom_data, untrained, tmp_path / "eval0")
+    after = evaluate(phantom_data, trained["ckpt"], tmp_path / "eval1")
+    assert after > before + 0.3, f"trained mean Dice {after:.3f} vs untrained {before:.3f}"
+    assert after > 0.5
+    # evaluate.json writes per-case, per-structure Dice and HD95 at the original image size
+    raw = (tmp_path / "eval1" / "val_mean_dice_raw.csv").read_text().splitlines()
+    assert raw[0].split(",")[1:] == [f"class{k}" for k in range(6)] + ["mean"]
+    assert (tmp_path / "eval1" / "val_hd95_raw.csv").is_file()
+    for pred in (tmp_path / "eval1" / "pred").glob("*_seg.nii.gz"):
+        cid = pred.name.removesuffix("_seg.nii.gz")
+        assert read_nifti(pred).shape == read_nifti(phantom_data / "labelsTr" / f"{cid}.nii.gz").shape
+
+
+def test_interrupted_training_resumes(trained: dict, phantom_data: Path) -> None:
+    run_dir = trained["work"] / "run"
+    ckpts = sorted(run_dir.glob("checkpoint_epoch=*.pt"))
+    assert ckpts, "training left no resumable checkpoint"
+    log = bundle_run(
+        "run", "training", "--config_file", str(CONFIGS / "train.json"), "--dataset_dir", str(phantom_data),
+        "--run_dir", str(run_dir), "--ckpt_dir", str(trained["work"] / "models"), "--max_epochs", "13",
+        "--learning_rate", "0.01", *SMALL,
+    )
+    assert "Epoch: 13/13" in log
+    assert "Epoch: 1/13" not in log, "training restarted from scratch instead of resuming"
+    assert (run_dir / "checkpoint_epoch=13.pt").is_file()
+
+
+def test_inference_restores_original_size_and_exports(trained: dict, phantom_data: Path, tmp_path: Path) -> None:
+    bundle_run(
+        "run", "--config_file", str(CONFIGS / "inference.json"), "--dataset_dir", str(phantom_data),
+        "--ckpt_path", str(trained["ckpt"]), "--output_dir", str(tmp_path / "pred"), "--spatial_size", "[96,48]",
+    )
+    meta = json.loads((phantom_data / "dataset.json").read_text())
+    preds = sorted((tmp_path / "pred").glob("*_seg.nii.gz"))
+    assert len(preds) == meta["numTest"]
+    shapes = {r["id"]: tuple(r["shape"]) for r in meta["test"]}
+    for pred in preds:
+        class_map = read_nifti(pred)
+        assert class_map.shape == shapes[pred.name.removesuffix("_seg.nii.gz")]
+        assert set(np.unique(class_map)) <= set(range(7))
+    report = export_dir(tmp_path / "pred", tmp_path / "npy", ExportFormat.from_dataset_json(
+        phantom_data / "dataset.json"), shapes, progress=False)
+    assert not report.bad and len(report.written) == len(preds)
+    for npy in report.written:
+        arr = np.load(npy)
+        assert arr.dtype == np.uint8 and arr.shape == (*shapes[npy.stem], 7)
+        assert (arr.sum(-1) == 1).all(), "background-last: every pixel has exactly one channel"
+
+
+def test_predict_from_dicom(trained: dict, tmp_path: Path) -> None:
+    raw = write_challenge_folder(tmp_path / "raw", n_train=0, n_test=2, shapes=[(200, 100), (180, 120)], seed=9)
+    images = sorted((raw / "test" / "img").glob("*.dcm"))
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"not a dicom")
+    report = predict([*images, bad], tmp_path / "out", ckpt_path=str(trained["ckpt"]), spatial_size=[96, 48],
+                     progress=False)
+    assert len(report.bad) == 1 and "broken.dcm" in report.bad[0]
+    for image in images:
+        arr = np.load(tmp_path / "out" / f"{image.stem}.npy")
+        assert arr.shape == (*read_radiograph(image).pixels.shape, 7) and arr.dtype == np.uint8
+        assert (tmp_path / "out" / f"{image.stem}.png").stat().st_size > 0
+
+
+def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    raw = write_challenge_folder(tmp_path / "raw", n_train=0, n_test=1, shape=(128, 64))
+    images = sorted((raw / "test" / "img").glob("*.dcm"))
+    with pytest.raises(FileNotFoundError, match="nope.pt: no trained weights"):
+        predict(images, tmp_path / "out", ckpt_path=str(tmp_path / "nope.pt"), progress=False)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(RuntimeError, match="corrupt.pt: cannot load the weights"):
+        predict(images, tmp_path / "out", ckpt_path=str(corrupt), progress=False)
+    assert not list(tmp_path.glob("out/*.npy")), "no output is written without usable weights"
+
+
+def test_verify_net_in_out() -> None:
+    log = bundle_run(
+        "verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"),
+        "--config_file", str(CONFIGS / "inference.json"),
+    )
+    assert "data shape of network is verified with no error" in log
+
+
+def test_multi_gpu_config_runs_ddp_on_two_cpu_processes(phantom_data: Path, tmp_path: Path) -> None:
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "monai.bundle", "run", "training",
+        "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']",
+        "--logging_file", str(CONFIGS / "logging.conf"), "--dataset_dir", str(phantom_data),
+        "--run_dir", str(tmp_path / "run"), "--ckpt_dir", str(tmp_path / "models"), "--max_epochs", "1", *SMALL,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert (tmp_path / "run" / "checkpoint_epoch=1.pt").is_file()
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert log.count("Saved checkpoint at epoch: 1") == 1, "rank 0 alone saves checkpoints"

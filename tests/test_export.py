@@ -1,0 +1,90 @@
+"""Exporter, anatomy checks and overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep.convert import convert
+from spine_seg.anatomy import order_problems
+from spine_seg.cli import main as cli_main
+from spine_seg.export import ExportFormat, class_map_to_challenge, export_dir
+from spine_seg.label_layout import LAYOUTS
+from spine_seg.mat_io import read_mask
+from spine_seg.nifti_io import write_nifti
+from spine_seg.overlay import overlay_rgb, save_overlay
+from spine_seg.phantom import make_phantom, write_challenge_folder
+
+
+@pytest.mark.parametrize("mat_version", ["5", "7.3"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_mat_to_nifti_to_npy_round_trip_is_exact(tmp_path: Path, layout: str, mat_version: str) -> None:
+    """.mat -> label NIfTI (conversion) -> exporter gives back the original .mat array bit for bit."""
+    raw = write_challenge_folder(
+        tmp_path / "raw", n_train=3, n_test=0, shapes=[(90, 60), (70, 50)], layout=layout, mat_version=mat_version
+    )
+    report = convert(raw, tmp_path / "data", progress=False)
+    assert not report.bad
+    fmt = ExportFormat.from_dataset_json(tmp_path / "data" / "dataset.json")
+    assert fmt == ExportFormat(layout, 7)
+    exported = export_dir(tmp_path / "data" / "labelsTr", tmp_path / "npy", fmt, progress=False)
+    assert len(exported.written) == 3 and not exported.bad
+    for npy in exported.written:
+        original = read_mask(raw / "train" / "label" / f"{npy.stem}.mat")
+        again = np.load(npy)
+        assert again.dtype == np.uint8
+        np.testing.assert_array_equal(again, original)
+
+
+def test_export_reports_bad_files_and_keeps_going(tmp_path: Path) -> None:
+    _, class_map = make_phantom((64, 48), seed=1)
+    write_nifti(tmp_path / "pred" / "001_seg.nii.gz", class_map)
+    write_nifti(tmp_path / "pred" / "002_seg.nii.gz", class_map[:40])  # wrong size
+    bad_labels = class_map.copy()
+    bad_labels[0, 0] = 9
+    write_nifti(tmp_path / "pred" / "003_seg.nii.gz", bad_labels)  # label out of range
+    shapes = {"001": (64, 48), "002": (64, 48), "003": (64, 48)}
+    report = export_dir(tmp_path / "pred", tmp_path / "npy", ExportFormat(), shapes, progress=False)
+    assert [p.name for p in report.written] == ["001.npy"]
+    assert len(report.bad) == 2
+    assert "002_seg.nii.gz" in report.bad[0] and "(40, 48)" in report.bad[0]
+    assert "003_seg.nii.gz" in report.bad[1] and "label 9" in report.bad[1]
+    assert sorted(p.name for p in (tmp_path / "npy").iterdir()) == ["001.npy"], "no partial files left"
+    # the CLI exits non-zero when a file was bad
+    assert cli_main(["export", str(tmp_path / "pred"), str(tmp_path / "npy2"), "--no-progress"]) == 1
+
+
+def test_class_map_to_challenge_layouts() -> None:
+    class_map = np.array([[0, 1, 2], [6, 0, 3]], dtype=np.uint8)
+    out = class_map_to_challenge(class_map, ExportFormat("background-last", 7))
+    assert out.shape == (2, 3, 7) and (out.sum(-1) == 1).all()
+    assert out[0, 0, 6] == 1 and out[0, 1, 0] == 1 and out[1, 0, 5] == 1
+    union = class_map_to_challenge(class_map, ExportFormat("union-last", 7))
+    np.testing.assert_array_equal(union[..., 6], class_map > 0)
+
+
+def test_order_problems_flags_swapped_and_missing_vertebrae() -> None:
+    _, class_map = make_phantom((200, 100), seed=2)
+    assert order_problems(class_map, 6) == []
+    swapped = class_map.copy()
+    swapped[class_map == 1], swapped[class_map == 2] = 2, 1
+    problems = order_problems(swapped, 6, ["T12", "L1", "L2", "L3", "L4", "L5"])
+    assert len(problems) == 1 and problems[0].startswith("L1 (row")
+    missing = np.where(class_map == 4, 0, class_map).astype(np.uint8)
+    assert order_problems(missing, 6) == ["4 missing"]
+
+
+def test_overlay_colours_structures_only(tmp_path: Path) -> None:
+    image, class_map = make_phantom((120, 80), seed=3)
+    rgb = overlay_rgb(image, class_map)
+    assert rgb.shape == (120, 80, 3)
+    background = class_map == 0
+    assert (rgb[background, 0] == rgb[background, 1]).all(), "background stays gray"
+    assert (rgb[class_map == 1, 0].astype(int) > rgb[class_map == 1, 1].astype(int)).mean() > 0.9, "T12 is red"
+    save_overlay(tmp_path / "o.png", image, class_map, max_size=60)
+    assert max(Image.open(tmp_path / "o.png").size) == 60
+    with pytest.raises(ValueError, match="differ in size"):
+        overlay_rgb(image, class_map[:10])

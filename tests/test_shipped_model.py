@@ -1,0 +1,54 @@
+"""The weights shipped in bundle/models/model.pt, on a real radiograph when the shared data is present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from data_prep.cases import discover
+from data_prep.convert import assign_folds
+from spine_seg.anatomy import order_problems
+from spine_seg.label_layout import to_class_map
+from spine_seg.mat_io import read_mask
+from spine_seg.predict import DEFAULT_BUNDLE, predict
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "aasce"
+WEIGHTS = DEFAULT_BUNDLE / "models" / "model.pt"
+
+
+def test_shipped_weights_load_into_the_bundle_network() -> None:
+    assert WEIGHTS.is_file(), f"{WEIGHTS} is missing: the bundle must ship trained weights (make train)"
+    parser = ConfigParser()
+    parser.read_config(str(DEFAULT_BUNDLE / "configs" / "inference.json"))
+    parser["device"] = "$torch.device('cpu')"
+    network = parser.get_parsed_content("network")
+    state = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
+    missing, unexpected = network.load_state_dict(state.get("model", state), strict=True)
+    assert not missing and not unexpected
+    out = network.eval()(torch.rand(1, 1, *parser["spatial_size"]))
+    assert out.shape == (1, 7, *parser["spatial_size"])
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"real radiographs not present at {REAL}")
+def test_real_validation_radiograph_is_segmented_in_order(tmp_path: Path) -> None:
+    found = discover(REAL)
+    folds = assign_folds([c.case_id for c in found.training])
+    case = next(c for c in found.training if folds[c.case_id] == 0)  # a fold-0 case: unseen in training
+    report = predict([case.image], tmp_path, structure_names=["T12", "L1", "L2", "L3", "L4", "L5"], progress=False)
+    assert not report.bad, report.bad
+    pred = np.load(tmp_path / f"{case.case_id}.npy")
+    truth = read_mask(case.mask)
+    assert pred.shape == truth.shape and pred.dtype == np.uint8
+    assert (pred.sum(-1) == 1).all(), "background-last: exactly one channel per pixel"
+    class_map = to_class_map(pred, "background-last")
+    assert order_problems(class_map, 6) == [], "six non-empty vertebrae, top to bottom in label order"
+    dice = [
+        2 * np.logical_and(pred[..., k], truth[..., k]).sum() / (pred[..., k].sum() + truth[..., k].sum())
+        for k in range(6)
+    ]
+    assert np.mean(dice) >= 0.8, f"per-vertebra Dice {np.round(dice, 3).tolist()}"
+    assert (tmp_path / f"{case.case_id}.png").stat().st_size > 0
