@@ -28,7 +28,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def run(args: argparse.Namespace) -> int:
     options = Options(args.label_key, args.channels, args.label_layout)
     names = args.structure_names.split(",") if args.structure_names else None
-    report = convert(args.src, args.out, options, names, args.workers, progress=not args.no_progress)
+    try:
+        report = convert(args.src, args.out, options, names, args.workers, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(report.table())
     print(f"dataset: {os.path.join(args.out, 'dataset.json')}")
     if not (report.converted or report.skipped) or (args.strict and report.bad):

@@ -95,7 +95,8 @@ def convert_case(case: Case, out: Path, options: Options) -> dict[str, Any]:
     if case.mask is not None:
         mask = read_mask(case.mask, options.label_key)
         if list(mask.shape[:2]) != shape:
-            raise InputFileError(case.mask, f"mask is {mask.shape[0]}x{mask.shape[1]} but image is {shape[0]}x{shape[1]}")
+            rows, cols = mask.shape[:2]
+            raise InputFileError(case.mask, f"mask is {rows}x{cols} but image is {shape[0]}x{shape[1]}")
         if mask.shape[2] != options.channels:
             raise InputFileError(case.mask, f"mask has {mask.shape[2]} channels, expected {options.channels}")
         if options.label_layout is None:
@@ -117,7 +118,11 @@ def convert_case(case: Case, out: Path, options: Options) -> dict[str, Any]:
         record["source"]["label"] = str(case.mask)
     write_nifti(out / record["image"], radiograph.pixels, radiograph.spacing)
     if class_map is not None:
-        write_nifti(out / record["label"], class_map, radiograph.spacing)
+        try:
+            write_nifti(out / record["label"], class_map, radiograph.spacing)
+        except Exception:
+            (out / record["image"]).unlink(missing_ok=True)  # no image without its label
+            raise
     sources = [case.image] + ([case.mask] if case.mask else [])
     record["sha1"] = _sha1(*sources)
     record["options"] = options.fingerprint()
@@ -188,6 +193,7 @@ def convert(
             results.append(_safe_convert(case, out, options))
             bar.update()
     bar.close()
+    results.sort(key=lambda result: result[0].case_id)  # completion order varies with workers > 1
     for case, record, error in results:
         if error is not None:
             report.bad.append((str(case.image), error))

@@ -47,7 +47,8 @@ def _predict(args: argparse.Namespace) -> int:
         images = images[: args.limit]
     overrides = {"ckpt_path": args.weights} if args.weights else {}
     report = predict(
-        images, args.out, _format(args), Path(args.bundle), not args.no_overlay, names, not args.no_progress, **overrides
+        images, args.out, _format(args), Path(args.bundle), not args.no_overlay, names, not args.no_progress,
+        **overrides,
     )
     print(f"wrote {len(report.written)} files to {args.out}")
     for line in report.bad:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from warnings import WarningMessage, catch_warnings, simplefilter
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom.dataelem import RawDataElement
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import apply_rescale
 
 from spine_seg.errors import InputFileError
+
+# What pydicom raises for files that are not DICOM or are cut short in the header.
+_READ_ERRORS = (
+    InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, struct.error, BytesLengthException
+)
 
 
 @dataclass
@@ -37,6 +45,23 @@ def _spacing(ds: pydicom.Dataset) -> tuple[tuple[float, float], str]:
         if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
             return (float(value[0]), float(value[1])), keyword
     return (1.0, 1.0), "default"
+
+
+def _truncation(path: Path, ds: pydicom.Dataset, caught: list[WarningMessage]) -> str | None:
+    """Why the file looks cut short, or None. pydicom reads truncated files without raising."""
+    for w in caught:
+        if "End of file" in str(w.message):
+            return f"file is truncated ({str(w.message).split(' in file ')[0]})"
+    if not len(ds):
+        return "file is truncated or empty: no data elements after the file meta information"
+    last = ds.get_item(max(ds.keys()))
+    if not isinstance(last, RawDataElement) or not isinstance(last.value, bytes) or last.length == 0xFFFFFFFF:
+        return None
+    if len(last.value) < last.length:
+        return f"file is truncated: element {last.tag} has {len(last.value)} of its {last.length} bytes"
+    if "PixelData" not in ds and last.value_tell + last.length < path.stat().st_size:
+        return "file is truncated: it ends inside a data element, before any pixel data"
+    return None
 
 
 def _invert_monochrome1(raw: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
@@ -69,9 +94,14 @@ def read_radiograph(path: str | Path) -> Radiograph:
     """
     path = Path(path)
     try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as err:
+        with catch_warnings(record=True) as caught:
+            simplefilter("always")
+            ds = pydicom.dcmread(path)
+    except _READ_ERRORS as err:
         raise InputFileError(path, f"not a readable DICOM file ({type(err).__name__}: {err})") from err
+    truncated = _truncation(path, ds, caught)
+    if truncated:
+        raise InputFileError(path, truncated)
     if "PixelData" not in ds:
         raise InputFileError(path, "DICOM file has no pixel data")
     frames = int(ds.get("NumberOfFrames", 1) or 1)

@@ -52,12 +52,20 @@ def check_layout(mask: np.ndarray, layout: str) -> str | None:
 def detect_layout(mask: np.ndarray) -> str:
     """Return the first layout in :data:`LAYOUTS` that ``mask`` (``R x C x K``) follows.
 
+    When every pixel has exactly one channel set, both ``background-last`` and ``background-first`` fit;
+    the background is then taken to be the larger of the two end channels.
     Raises ValueError listing why each layout fails.
     """
     reasons = {}
     for layout in LAYOUTS:
         reason = check_layout(mask, layout)
         if reason is None:
+            if (
+                layout == "background-last"
+                and mask[..., 0].sum(dtype=np.int64) > mask[..., -1].sum(dtype=np.int64)
+                and check_layout(mask, "background-first") is None
+            ):
+                return "background-first"
             return layout
         reasons[layout] = reason
     raise ValueError("no label layout fits: " + "; ".join(f"{k}: {v}" for k, v in reasons.items()))

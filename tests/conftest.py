@@ -1,0 +1,82 @@
+"""Shared fixtures: small synthetic challenge folders, an input-tree hasher and the real AASCE data."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from data_prep.convert import Report, convert
+from spine_seg.phantom import write_challenge_folder
+
+# Small, non-square and asymmetric so that a swapped or flipped axis changes the shape or the content.
+SMALL_SHAPE = (64, 48)
+# ../shared/data/aasce relative to the repository root.
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aasce"
+
+
+@pytest.fixture
+def small_shape() -> tuple[int, int]:
+    return SMALL_SHAPE
+
+
+@pytest.fixture
+def challenge_dir(tmp_path: Path) -> Path:
+    """``raw/`` with train/img + train/label (ids 001..004) and test/img (501, 502): 64 x 48 phantoms."""
+    return write_challenge_folder(tmp_path / "raw", n_train=4, n_test=2, shape=SMALL_SHAPE, seed=0)
+
+
+@pytest.fixture
+def make_challenge(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``make_challenge(name, **kwargs)`` writes a challenge folder ``tmp_path/name``."""
+
+    def make(name: str = "raw", **kwargs: object) -> Path:
+        kwargs.setdefault("shape", SMALL_SHAPE)
+        return write_challenge_folder(tmp_path / name, **kwargs)  # type: ignore[arg-type]
+
+    return make
+
+
+def hash_tree(root: Path) -> dict[str, str]:
+    """Relative path -> sha1 of the content, for every file under ``root`` (also hidden ones)."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            out[str(path.relative_to(root))] = hashlib.sha1(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def tree_hash() -> Callable[[Path], dict[str, str]]:
+    return hash_tree
+
+
+@pytest.fixture
+def run_convert() -> Callable[..., Report]:
+    """``convert`` without the progress bar."""
+
+    def run(src: Path, out: Path, *args: object, **kwargs: object) -> Report:
+        kwargs.setdefault("progress", False)
+        return convert(src, out, *args, **kwargs)  # type: ignore[arg-type]
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The real AASCE challenge-format folder; the test is skipped (with the reason) when it is absent."""
+    if not (REAL_DATA / "train" / "img").is_dir():
+        pytest.skip(f"real AASCE data not found at {REAL_DATA} (expected train/img, train/label, test/img)")
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def real_converted(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Report]:
+    """The real data converted once per session with 2 workers (about a minute)."""
+    out = tmp_path_factory.mktemp("aasce_converted")
+    report = convert(real_data, out, workers=2, progress=False)
+    return out, report
