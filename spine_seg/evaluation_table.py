@@ -67,6 +67,36 @@ def table(eval_dir: str | Path, dataset_json: str | Path | None = None) -> tuple
     return "\n".join(lines), rows
 
 
+def level_shift(pred: np.ndarray, label: np.ndarray, num_structures: int) -> int:
+    """Median offset (in levels) between each predicted vertebra and the expert label it overlaps most.
+
+    0 means the levels are named right; +1 means the prediction calls each vertebra one level too high.
+    """
+    offsets = []
+    for k in range(1, num_structures + 1):
+        overlap = np.bincount(label[pred == k].ravel(), minlength=num_structures + 1)[1:]
+        if overlap.any():
+            offsets.append(int(np.argmax(overlap)) + 1 - k)
+    return int(np.median(offsets)) if offsets else 0
+
+
+def level_summary(eval_dir: str | Path, labels_dir: str | Path, num_structures: int = 6) -> str:
+    """Whole-spine Dice (all vertebrae as one) and how many cases have their levels shifted."""
+    from spine_seg.nifti_io import read_nifti
+
+    spine_dice, shifts = [], []
+    for pred_path in sorted((Path(eval_dir) / "pred").glob("*_seg.nii.gz")):
+        pred = read_nifti(pred_path).astype(np.uint8)
+        label = read_nifti(Path(labels_dir) / pred_path.name.replace("_seg.nii.gz", ".nii.gz")).astype(np.uint8)
+        spine_dice.append(2 * ((pred > 0) & (label > 0)).sum() / max((pred > 0).sum() + (label > 0).sum(), 1))
+        shifts.append(level_shift(pred, label, num_structures))
+    counts = {s: shifts.count(s) for s in sorted(set(shifts))}
+    return (
+        f"whole-spine Dice (levels ignored): {np.mean(spine_dice):.3f}; "
+        f"cases by level offset: {', '.join(f'{k:+d}: {v}' for k, v in counts.items())}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("eval_dir")
@@ -74,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     text, rows = table(args.eval_dir, args.dataset_json)
     print(text)
+    if args.dataset_json and (Path(args.eval_dir) / "pred").is_dir():
+        print(level_summary(args.eval_dir, Path(args.dataset_json).parent / "labelsTr", len(rows) - 1))
     header = list(rows[0])
     body = [",".join(header)] + [",".join(str(r[h]) for h in header) for r in rows]
     write_text_atomic(Path(args.eval_dir) / "per_vertebra.csv", "\n".join(body) + "\n")
