@@ -8,11 +8,13 @@ DATA ?= data/aasce
 FOLD ?= 0
 RUN_DIR ?= $(HOME)/.cache/spine-seg/train-fold$(FOLD)
 OUT ?= out
+CKPT ?= bundle/models/model.pt
 STRUCTURES ?= T12,L1,L2,L3,L4,L5
 BUNDLE_RUN := $(PY) -m monai.bundle run --logging_file bundle/configs/logging.conf
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test lint convert-data train evaluate report infer export predict-test demo bench-convert bench-infer clean
+.PHONY: install test lint convert-data train evaluate report infer export export-model predict-test demo bench-convert \
+	bench-infer clean
 
 install: $(INSTALLED)
 
@@ -58,6 +60,10 @@ infer: convert-data
 
 export: infer
 	$(PY) -m spine_seg.cli export $(OUT)/pred $(OUT)/npy --dataset-json $(DATA)/dataset.json
+
+# TorchScript (MONAI ckpt_export) + ONNX of the trained weights, for deployment (`spine-seg predict --backend onnx`).
+export-model: install
+	$(PY) -m spine_seg.model_export --ckpt $(CKPT) --out-dir bundle/models
 
 bench-convert: install
 	$(PY) scripts/bench_convert.py

@@ -9,7 +9,7 @@ from pathlib import Path
 from data_prep import cli as convert_cli
 from spine_seg.export import ExportFormat, export_dir, shapes_from_dataset_json
 from spine_seg.label_layout import LAYOUTS
-from spine_seg.predict import DEFAULT_BUNDLE, predict
+from spine_seg.predict import BACKENDS, DEFAULT_BUNDLE, predict
 
 
 def _format(args: argparse.Namespace) -> ExportFormat:
@@ -45,10 +45,11 @@ def _predict(args: argparse.Namespace) -> int:
     images = _dicoms(args.images)
     if args.limit:
         images = images[: args.limit]
-    overrides = {"ckpt_path": args.weights} if args.weights else {}
+    onnx = args.backend == "onnx"
+    overrides = {"ckpt_path": args.weights} if args.weights and not onnx else {}
     report = predict(
         images, args.out, _format(args), Path(args.bundle), not args.no_overlay, names, not args.no_progress,
-        **overrides,
+        backend=args.backend, onnx_model=args.weights if onnx else None, dicom_seg=args.dicom_seg, **overrides,
     )
     print(f"wrote {len(report.written)} files to {args.out}")
     for line in report.bad:
@@ -73,7 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("images", nargs="+", help="DICOM files or folders of .dcm files")
     pred.add_argument("--out", required=True, help="output folder")
     pred.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="MONAI bundle folder")
-    pred.add_argument("--weights", help="checkpoint to use instead of <bundle>/models/model.pt")
+    pred.add_argument(
+        "--weights", help="checkpoint to use instead of <bundle>/models/model.pt (model.onnx with --backend onnx)"
+    )
+    pred.add_argument(
+        "--backend", choices=BACKENDS, default="torch",
+        help="torch: the bundle's inference.json; onnx: the exported model.onnx with onnxruntime",
+    )
+    pred.add_argument("--dicom-seg", action="store_true", help="also write <id>_seg.dcm, a DICOM Segmentation")
     pred.add_argument("--structure-names", default="T12,L1,L2,L3,L4,L5")
     pred.add_argument("--limit", type=int, help="only the first N images")
     pred.add_argument("--no-overlay", action="store_true")

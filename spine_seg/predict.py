@@ -1,19 +1,22 @@
-"""DICOM radiographs -> challenge ``.npy`` masks (+ overlay PNGs) with the MONAI bundle's inference config.
+"""DICOM radiographs -> challenge ``.npy`` masks (+ overlay PNGs, DICOM SEG) with the bundle's inference config.
 
 The bundle's ``configs/inference.json`` does all the image work (resampling, network, restoring the
-original grid, largest component per vertebra); this module only feeds it and exports its output.
+original grid, largest component per vertebra); this module only feeds it and exports its output. The
+``onnx`` backend runs the same steps on the exported model with onnxruntime (:mod:`spine_seg.onnx_predict`).
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from spine_seg.anatomy import order_problems
-from spine_seg.dicom_io import read_radiograph
+from spine_seg.dicom_io import Radiograph, read_radiograph
 from spine_seg.errors import InputFileError
 from spine_seg.export import ExportFormat, class_map_to_challenge, save_npy
 from spine_seg.label_layout import num_structures
@@ -22,6 +25,7 @@ from spine_seg.overlay import save_overlay
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 CHALLENGE_FORMAT = ExportFormat("background-last", 7)
+BACKENDS = ("torch", "onnx")
 
 
 @dataclass
@@ -74,6 +78,27 @@ def run_bundle_inference(
         workflow.finalize()
 
 
+def _bundle_class_maps(
+    radiographs: dict[str, Radiograph], tmp_dir: Path, bundle_dir: Path, **overrides: object
+) -> Iterator[tuple[str, np.ndarray]]:
+    """``(case, class map)`` from the bundle's ``inference.json`` (torch backend)."""
+    for case, radiograph in radiographs.items():
+        write_nifti(tmp_dir / "img" / f"{case}.nii", radiograph.pixels, radiograph.spacing)
+    datalist = [{"image": str(tmp_dir / "img" / f"{c}.nii")} for c in radiographs]
+    run_bundle_inference(datalist, tmp_dir / "pred", bundle_dir, **overrides)
+    for case in radiographs:
+        yield case, read_nifti(tmp_dir / "pred" / f"{case}_seg.nii.gz")
+
+
+def _onnx_class_maps(radiographs: dict[str, Radiograph], model: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """``(case, class map)`` from the exported ONNX model with onnxruntime (onnx backend)."""
+    from spine_seg.onnx_predict import OnnxSegmenter
+
+    segment = OnnxSegmenter(model)
+    for case, radiograph in radiographs.items():
+        yield case, segment(radiograph.pixels)
+
+
 def predict(
     images: list[Path],
     out_dir: str | Path,
@@ -82,18 +107,31 @@ def predict(
     overlays: bool = True,
     structure_names: list[str] | None = None,
     progress: bool = True,
+    backend: str = "torch",
+    onnx_model: str | Path | None = None,
+    dicom_seg: bool = False,
     **overrides: object,
 ) -> PredictReport:
     """Segment DICOM ``images`` and write ``out_dir/<id>.npy`` (``R x C x K`` uint8) and ``<id>.png`` overlays.
 
-    Unreadable images are reported in the result and do not stop the others.
+    ``backend``: ``"torch"`` runs the bundle's ``inference.json`` (``overrides`` go to its config), ``"onnx"``
+    runs ``onnx_model`` (default ``<bundle>/models/model.onnx``) with onnxruntime. ``dicom_seg`` also writes
+    ``<id>_seg.dcm``, a DICOM Segmentation referencing the source image. Unreadable images are reported in the
+    result and do not stop the others.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "onnx" and overrides:
+        raise ValueError(f"config overrides ({', '.join(overrides)}) apply to the torch backend only")
     out_dir = Path(out_dir)
     report = PredictReport()
     n = num_structures(fmt.layout, fmt.channels)
+    names = structure_names or [f"Structure {k}" for k in range(1, n + 1)]
+    if dicom_seg and len(names) != n:
+        raise ValueError(f"{len(names)} structure names for {n} structures: {', '.join(names)}")
     with tempfile.TemporaryDirectory(prefix="spine-seg-") as tmp:
         tmp_dir = Path(tmp)
-        radiographs = {}
+        radiographs, sources = {}, {}
         for path in tqdm(images, desc="read", unit="img", disable=not progress):
             try:
                 radiograph = read_radiograph(path)
@@ -101,14 +139,16 @@ def predict(
                 report.bad.append(str(err))
                 continue
             case = Path(path).stem
-            write_nifti(tmp_dir / "img" / f"{case}.nii", radiograph.pixels, radiograph.spacing)
-            radiographs[case] = radiograph
+            radiographs[case], sources[case] = radiograph, Path(path)
         if not radiographs:
             return report
-        datalist = [{"image": str(tmp_dir / "img" / f"{c}.nii")} for c in radiographs]
-        run_bundle_inference(datalist, tmp_dir / "pred", bundle_dir, **overrides)
-        for case, radiograph in tqdm(radiographs.items(), desc="export", unit="img", disable=not progress):
-            class_map = read_nifti(tmp_dir / "pred" / f"{case}_seg.nii.gz")
+        if backend == "onnx":
+            class_maps = _onnx_class_maps(radiographs, Path(onnx_model or bundle_dir / "models" / "model.onnx"))
+        else:
+            class_maps = _bundle_class_maps(radiographs, tmp_dir, bundle_dir, **overrides)
+        bar = tqdm(class_maps, desc="export", unit="img", total=len(radiographs), disable=not progress)
+        for case, class_map in bar:
+            radiograph = radiographs[case]
             if class_map.shape != radiograph.pixels.shape:
                 report.bad.append(f"{case}: prediction {class_map.shape} differs from image {radiograph.pixels.shape}")
                 continue
@@ -120,4 +160,11 @@ def predict(
             if overlays:
                 save_overlay(out_dir / f"{case}.png", radiograph.pixels, class_map)
                 report.written.append(out_dir / f"{case}.png")
+            if dicom_seg:
+                from spine_seg.dicom_seg import write_dicom_seg  # highdicom comes with the `export` extra
+
+                try:
+                    report.written.append(write_dicom_seg(out_dir / f"{case}_seg.dcm", sources[case], class_map, names))
+                except Exception as err:  # noqa: BLE001 - highdicom raises many types; one bad source must not stop
+                    report.bad.append(f"{case}: DICOM SEG not written ({type(err).__name__}: {err})")
     return report

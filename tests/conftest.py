@@ -80,3 +80,33 @@ def real_converted(real_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
     out = tmp_path_factory.mktemp("aasce_converted")
     report = convert(real_data, out, workers=2, progress=False)
     return out, report
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A random-init (seed 0) checkpoint of the bundle's network and its TorchScript and ONNX exports.
+
+    Keys: ``ckpt`` (state dict ``.pt``), ``torchscript`` (``model.ts``), ``onnx`` (``model.onnx``).
+    """
+    import torch
+
+    from spine_seg.model_export import build_network, export_model
+
+    out = tmp_path_factory.mktemp("exported_model")
+    torch.manual_seed(0)
+    torch.save(build_network().state_dict(), out / "model.pt")
+    return {"ckpt": out / "model.pt", **export_model(out / "model.pt", out)}
+
+
+@pytest.fixture(scope="session")
+def onnx_predicted(exported_model: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(raw, out)``: two test phantoms (200 x 100 and 150 x 420) in ``raw/test/img`` and what
+    ``spine-seg predict --backend onnx --dicom-seg`` wrote for them with :func:`exported_model` in ``out``."""
+    from spine_seg.cli import main as cli_main
+
+    root = tmp_path_factory.mktemp("onnx_predicted")
+    raw = write_challenge_folder(root / "raw", n_train=0, n_test=2, shapes=[(200, 100), (150, 420)])
+    out = root / "out"
+    argv = ["predict", str(raw / "test" / "img"), "--out", str(out), "--backend", "onnx", "--dicom-seg"]
+    assert cli_main([*argv, "--weights", str(exported_model["onnx"]), "--no-progress", "--no-overlay"]) == 0
+    return raw, out

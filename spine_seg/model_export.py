@@ -1,0 +1,169 @@
+"""Export the bundle's trained network for deployment: TorchScript ``model.ts`` and ONNX ``model.onnx``.
+
+TorchScript comes from MONAI's own ``ckpt_export`` (the function behind ``python -m monai.bundle ckpt_export``;
+BasicUNet scripts without tracing), so the ``.ts`` file carries ``metadata.json`` and ``inference.json``.
+ONNX uses ``torch.onnx.export(dynamo=False)`` (the TorchScript-based exporter; the dynamo exporter would need
+``onnxscript``) with dynamic batch, height and width. The trace drops BasicUNet's padding branch for odd
+feature-map sizes, so the ONNX model takes heights and widths that are multiples of 16 only (the working grid
+always is). The ``.onnx`` file also carries the pre/postprocessing parameters for :mod:`spine_seg.onnx_predict`.
+
+    python -m spine_seg.model_export --ckpt bundle/models/model.pt --out-dir bundle/models
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from spine_seg.onnx_predict import INPUT_NAME, OUTPUT_NAME, SPEC_KEY, InferenceSpec
+from spine_seg.predict import DEFAULT_BUNDLE, check_checkpoint
+
+ONNX_OPSET = 17
+
+
+def _config_files(bundle_dir: Path) -> tuple[Path, Path]:
+    return bundle_dir / "configs" / "inference.json", bundle_dir / "configs" / "metadata.json"
+
+
+def _parser(bundle_dir: Path) -> Any:
+    from monai.bundle import ConfigParser
+
+    config, meta = _config_files(bundle_dir)
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    parser.read_meta(str(meta))
+    return parser
+
+
+def _load_state(ckpt: Path) -> tuple[dict, str]:
+    """The state dict in ``ckpt`` and its key: ``""`` when plain, ``"model"`` in a trainer checkpoint."""
+    import torch
+
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: checkpoint not found; train with `make train` or pass --ckpt")
+    check_checkpoint(ckpt)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    return (state["model"], "model") if isinstance(state.get("model"), dict) else (state, "")
+
+
+def build_network(bundle_dir: str | Path = DEFAULT_BUNDLE) -> Any:
+    """A freshly initialised ``network_def`` of the bundle's ``inference.json``."""
+    return _parser(Path(bundle_dir)).get_parsed_content("network_def")
+
+
+def load_network(ckpt: str | Path, bundle_dir: str | Path = DEFAULT_BUNDLE) -> Any:
+    """The bundle's ``network_def`` with the weights of ``ckpt`` (loaded strictly), on the CPU, in eval mode."""
+    ckpt = Path(ckpt)
+    state, _ = _load_state(ckpt)
+    net = build_network(bundle_dir)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise RuntimeError(f"{ckpt}: weights do not fit the bundle's network_def ({err})") from err
+    return net.eval()
+
+
+def inference_spec(bundle_dir: str | Path = DEFAULT_BUNDLE) -> InferenceSpec:
+    """Read the ONNX path's parameters from ``inference.json`` (Resized, ScaleIntensityRangePercentilesd, ...)."""
+    parser = _parser(Path(bundle_dir))
+    transforms = parser["preprocessing"]["transforms"]
+    ids = {t.get("_target_"): f"preprocessing#transforms#{i}" for i, t in enumerate(transforms)}
+    missing = {"Resized", "ScaleIntensityRangePercentilesd"} - set(ids)
+    if missing:
+        raise ValueError(f"inference.json preprocessing has no {', '.join(sorted(missing))}")
+
+    def get(ref: str, default: object = None) -> Any:
+        return parser.get_parsed_content(ref) if ref in parser else default
+
+    resize, scale = ids["Resized"], ids["ScaleIntensityRangePercentilesd"]
+    if get(f"{resize}#mode", "area") != "bilinear":
+        raise ValueError("the ONNX path implements Resized(mode='bilinear') only")
+    return InferenceSpec(
+        spatial_size=tuple(int(s) for s in get(f"{resize}#spatial_size")),
+        anti_aliasing=bool(get(f"{resize}#anti_aliasing", False)),
+        lower=float(get(f"{scale}#lower")),
+        upper=float(get(f"{scale}#upper")),
+        b_min=float(get(f"{scale}#b_min")),
+        b_max=float(get(f"{scale}#b_max")),
+        clip=bool(get(f"{scale}#clip", False)),
+        structure_labels=tuple(int(v) for v in get("structure_labels")),
+        keep_largest_component=bool(get("keep_largest_component", True)),
+    )
+
+
+def export_torchscript(ckpt: str | Path, out: str | Path, bundle_dir: str | Path = DEFAULT_BUNDLE) -> Path:
+    """Write ``out`` (``.ts``) with MONAI's ``ckpt_export`` after checking that ``ckpt`` fits the network."""
+    from monai.bundle import ckpt_export
+
+    ckpt, out, bundle_dir = Path(ckpt), Path(out), Path(bundle_dir)
+    load_network(ckpt, bundle_dir)  # ckpt_export copies weights non-strictly; refuse a mismatch first
+    _, key = _load_state(ckpt)
+    config, meta = _config_files(bundle_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt_export(
+        "network_def", filepath=str(out), ckpt_file=str(ckpt), meta_file=str(meta), config_file=str(config),
+        key_in_ckpt=key, bundle_root=str(bundle_dir),
+    )
+    return out
+
+
+def export_onnx(net: Any, out: str | Path, spec: InferenceSpec) -> Path:
+    """Write ``net`` as ONNX (input ``image``, output ``pred``; dynamic N, H, W) with ``spec`` as metadata."""
+    import onnx
+    import torch
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(1, 1, *spec.spatial_size)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():
+        # The legacy exporter is deprecated, and the trace warns about BasicUNet's shape test for padding, which
+        # is false for every multiple of 16; InstanceNorm without running stats is the same in train and eval.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*instance_norm.*train=True")
+        warnings.filterwarnings("ignore", message=".*Constant folding - Only steps=1")  # strided slices stay
+        torch.onnx.export(
+            net, (dummy,), str(out), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes}, opset_version=ONNX_OPSET, dynamo=False,
+        )
+    model = onnx.load(str(out))
+    onnx.helper.set_model_props(model, {SPEC_KEY: spec.to_json()})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    return out
+
+
+def export_model(
+    ckpt: str | Path, out_dir: str | Path, bundle_dir: str | Path = DEFAULT_BUNDLE
+) -> dict[str, Path]:
+    """Write ``out_dir/model.ts`` and ``out_dir/model.onnx`` from ``ckpt``; returns ``{"torchscript", "onnx"}``."""
+    out_dir = Path(out_dir)
+    net = load_network(ckpt, bundle_dir)
+    return {
+        "torchscript": export_torchscript(ckpt, out_dir / "model.ts", bundle_dir),
+        "onnx": export_onnx(net, out_dir / "model.onnx", inference_spec(bundle_dir)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Export the bundle's checkpoint to TorchScript and ONNX")
+    parser.add_argument("--ckpt", default=str(DEFAULT_BUNDLE / "models" / "model.pt"), help="PyTorch state dict")
+    parser.add_argument("--out-dir", default=str(DEFAULT_BUNDLE / "models"), help="where model.ts/.onnx go")
+    parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="MONAI bundle folder (configs/)")
+    args = parser.parse_args(argv)
+    try:
+        written = export_model(args.ckpt, args.out_dir, args.bundle)
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Segment radiographs with the exported ONNX model and onnxruntime, without torch or the MONAI bundle.
+
+This re-implements ``bundle/configs/inference.json`` in numpy/scipy: resize to the working grid (bilinear,
+Gaussian anti-aliasing when shrinking, as ``monai.transforms.Resize``), percentile intensity scaling, the
+network, softmax, bilinear resize of the probabilities back to the original size (``Invertd``), argmax
+and the largest connected component per label. The parameters travel inside the ``.onnx`` file
+(metadata key :data:`SPEC_KEY`, written by :mod:`spine_seg.model_export` from ``inference.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from scipy.special import erf
+
+SPEC_KEY = "spine_seg.inference"
+INPUT_NAME = "image"
+OUTPUT_NAME = "pred"
+# BasicUNet pools four times; the exported graph has no padding branch, so H and W must be multiples of 16.
+SIZE_MULTIPLE = 16
+
+
+@dataclass(frozen=True)
+class InferenceSpec:
+    """The pre- and postprocessing parameters of ``inference.json`` that the ONNX path needs."""
+
+    spatial_size: tuple[int, int]
+    anti_aliasing: bool
+    lower: float
+    upper: float
+    b_min: float
+    b_max: float
+    clip: bool
+    structure_labels: tuple[int, ...]
+    keep_largest_component: bool
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> InferenceSpec:
+        raw = json.loads(text)
+        raw["spatial_size"] = tuple(int(s) for s in raw["spatial_size"])
+        raw["structure_labels"] = tuple(int(s) for s in raw["structure_labels"])
+        return cls(**raw)
+
+
+def gaussian_kernel(sigma: float, truncated: float = 4.0) -> np.ndarray:
+    """MONAI's ``gaussian_1d(sigma, approx="erf")``: the Gaussian integrated over each pixel, not normalised."""
+    tail = int(max(sigma * truncated, 0.5) + 0.5)
+    x = np.arange(-tail, tail + 1, dtype=np.float64)
+    t = 0.70710678 / abs(sigma)
+    return np.clip(0.5 * (erf(t * (x + 0.5)) - erf(t * (x - 0.5))), 0.0, None)
+
+
+def anti_alias(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Smooth ``image`` before shrinking it to ``size`` (sigma ``(factor - 1) / 2`` per shrunk axis, zero padding)."""
+    out = image
+    for axis, n_out in enumerate(size):
+        sigma = max((image.shape[axis] / n_out - 1.0) / 2.0, 0.0)
+        if sigma > 0:
+            out = ndimage.correlate1d(out, gaussian_kernel(sigma), axis=axis, mode="constant", cval=0.0)
+    return out
+
+
+def resize_linear(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Resize the last ``len(size)`` axes with (bi)linear interpolation, half-pixel centres, edges clamped.
+
+    The same sampling as ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``.
+    """
+    out = np.asarray(array, dtype=np.float32)
+    first = out.ndim - len(size)
+    for axis, n_out in enumerate(size, start=first):
+        n_in = out.shape[axis]
+        if n_in == n_out:
+            continue
+        src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+        i0 = np.minimum(src.astype(np.int64), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        shape = [1] * out.ndim
+        shape[axis] = n_out
+        w = (src - i0).astype(np.float32).reshape(shape)
+        out = np.take(out, i0, axis=axis) * (1 - w) + np.take(out, i1, axis=axis) * w
+    return out
+
+
+def scale_percentiles(image: np.ndarray, spec: InferenceSpec) -> np.ndarray:
+    """``ScaleIntensityRangePercentiles``: map the lower/upper percentiles to ``b_min``/``b_max``."""
+    a_min, a_max = (float(v) for v in np.percentile(image, [spec.lower, spec.upper]))
+    if a_max == a_min:  # MONAI shifts a constant image and skips the clip
+        return (image - a_min + spec.b_min).astype(np.float32)
+    out = (image - a_min) / (a_max - a_min) * (spec.b_max - spec.b_min) + spec.b_min
+    if spec.clip:
+        out = np.clip(out, spec.b_min, spec.b_max)
+    return out.astype(np.float32)
+
+
+def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Numerically stable softmax along ``axis``."""
+    e = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def keep_largest_components(class_map: np.ndarray, labels: Sequence[int]) -> np.ndarray:
+    """Per label, keep its largest 8-connected component and set the label's other pixels to 0."""
+    out = class_map.copy()
+    full = np.ones((3,) * class_map.ndim, dtype=bool)
+    for label in labels:
+        foreground = class_map == label
+        components, count = ndimage.label(foreground, structure=full)
+        if count <= 1:
+            continue
+        sizes = np.bincount(components.ravel())
+        sizes[0] = 0
+        keep = np.zeros(sizes.shape[0], dtype=bool)
+        keep[np.argsort(sizes)[::-1][:1]] = True  # the tie-break of MONAI's get_largest_connected_component_mask
+        out[foreground & ~keep[components]] = 0
+    return out
+
+
+class OnnxSegmenter:
+    """An exported model plus its inference parameters; call it on an ``R x C`` image to get a class map."""
+
+    def __init__(self, model_path: str | Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"{self.model_path}: no ONNX model; write one with `make export-model`")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        self.session = ort.InferenceSession(str(self.model_path), options, providers=providers)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if SPEC_KEY not in meta:
+            raise ValueError(f"{self.model_path}: no '{SPEC_KEY}' metadata; export it with spine_seg.model_export")
+        self.spec = InferenceSpec.from_json(meta[SPEC_KEY])
+        if any(s % SIZE_MULTIPLE for s in self.spec.spatial_size):
+            raise ValueError(f"{self.model_path}: working grid {self.spec.spatial_size} is not a multiple of 16")
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Raw network output ``N x K x H x W`` for an ``N x 1 x H x W`` float32 batch."""
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """``R x C`` image (any real dtype) -> ``R x C`` uint8 class map on the image's own grid."""
+        spec = self.spec
+        image = np.asarray(image, dtype=np.float32)
+        if spec.anti_aliasing:
+            image = anti_alias(image, spec.spatial_size)
+        work = scale_percentiles(resize_linear(image, spec.spatial_size), spec)
+        probs = softmax(self.logits(work[None, None])[0], axis=0)
+        class_map = resize_linear(probs, image.shape).argmax(axis=0).astype(np.uint8)
+        if spec.keep_largest_component:
+            class_map = keep_largest_components(class_map, spec.structure_labels)
+        return class_map

@@ -1,0 +1,118 @@
+"""Deployment exports (TorchScript, ONNX) and the onnxruntime inference path against the PyTorch/MONAI originals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from monai.data import load_net_with_metadata
+from monai.transforms import KeepLargestConnectedComponent, Resize, ScaleIntensityRangePercentiles
+
+from spine_seg.model_export import export_model, inference_spec, load_network
+from spine_seg.model_export import main as export_main
+from spine_seg.onnx_predict import (
+    SPEC_KEY,
+    InferenceSpec,
+    OnnxSegmenter,
+    anti_alias,
+    keep_largest_components,
+    resize_linear,
+    scale_percentiles,
+)
+from spine_seg.predict import predict
+
+# Not the export size (the working grid), H and W multiples of 16 as BasicUNet needs; batch 2 for the dynamic N.
+ODD_INPUT = (2, 1, 208, 112)
+
+
+def _relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def test_torchscript_and_onnx_give_the_pytorch_logits(exported_model: dict[str, Path]) -> None:
+    x = torch.randn(*ODD_INPUT, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = load_network(exported_model["ckpt"])(x).numpy()
+        scripted, meta, extra = load_net_with_metadata(
+            exported_model["torchscript"], more_extra_files=["inference.json"]
+        )
+        torchscript = scripted(x).numpy()
+    assert reference.shape == (2, 7, 208, 112)
+    assert _relative_error(torchscript, reference) <= 1e-4
+    # MONAI's ckpt_export stored the bundle's metadata and inference config with the model
+    assert meta["name"] == "Spine radiograph vertebra segmentation"
+    assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "BasicUNet"
+
+    session = ort.InferenceSession(str(exported_model["onnx"]), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, out.name) == ("image", "pred")
+    assert inp.shape == ["batch", 1, "height", "width"] and out.shape == ["batch", 7, "height", "width"]
+    onnx_logits = session.run(["pred"], {"image": x.numpy()})[0]
+    assert onnx_logits.shape == reference.shape
+    assert _relative_error(onnx_logits, reference) <= 1e-4
+    spec = InferenceSpec.from_json(session.get_modelmeta().custom_metadata_map[SPEC_KEY])
+    assert spec == inference_spec()
+
+
+def test_missing_or_wrong_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-such-model.pt"
+    with pytest.raises(FileNotFoundError, match="no-such-model.pt: checkpoint not found"):
+        export_model(missing, tmp_path / "out")
+    assert export_main(["--ckpt", str(missing), "--out-dir", str(tmp_path / "out")]) == 1
+    assert str(missing) in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"conv.weight": torch.zeros(3)}, wrong)
+    with pytest.raises(RuntimeError, match="wrong.pt: weights do not fit the bundle's network_def"):
+        export_model(wrong, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="no-such-model.onnx: no ONNX model"):
+        OnnxSegmenter(tmp_path / "no-such-model.onnx")
+
+
+@pytest.mark.parametrize("shape", [(200, 100), (150, 420), (700, 300)], ids=["up", "mixed", "down"])
+def test_numpy_preprocessing_matches_monai(shape: tuple[int, int]) -> None:
+    """Anti-aliased resize + percentile scaling, and the bilinear resize back, as MONAI's transforms do them."""
+    spec = inference_spec()
+    image = np.random.default_rng(0).gamma(2.0, 40.0, shape).astype(np.float32)
+    monai_work = ScaleIntensityRangePercentiles(spec.lower, spec.upper, spec.b_min, spec.b_max, clip=spec.clip)(
+        Resize(spec.spatial_size, mode="bilinear", anti_aliasing=True)(image[None])
+    )[0].numpy()
+    ours = scale_percentiles(resize_linear(anti_alias(image, spec.spatial_size), spec.spatial_size), spec)
+    assert ours.shape == tuple(spec.spatial_size) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, monai_work, atol=1e-4)  # float32 rounding
+
+    probs = np.random.default_rng(1).random((7, *spec.spatial_size), dtype=np.float32)
+    back = Resize(shape, mode="bilinear")(probs).numpy()
+    np.testing.assert_allclose(resize_linear(probs, shape), back, atol=1e-4)  # torch keeps coordinates in float32
+
+
+def test_largest_component_matches_monai() -> None:
+    class_map = np.random.default_rng(2).choice(7, size=(60, 40), p=[0.55] + [0.075] * 6).astype(np.uint8)
+    labels = [1, 2, 3, 4, 5, 6]
+    expected = KeepLargestConnectedComponent(applied_labels=labels, independent=True)(class_map[None].copy())
+    ours = keep_largest_components(class_map, labels)
+    assert not np.array_equal(ours, class_map), "the random map must have several components per label"
+    np.testing.assert_array_equal(ours, np.asarray(expected)[0])
+
+
+def test_onnx_backend_agrees_with_torch_backend(
+    exported_model: dict[str, Path], onnx_predicted: tuple[Path, Path], tmp_path: Path
+) -> None:
+    raw, onnx_out = onnx_predicted
+    images = sorted((raw / "test" / "img").glob("*.dcm"))
+    torch_report = predict(
+        images, tmp_path / "torch", overlays=False, progress=False, ckpt_path=str(exported_model["ckpt"])
+    )
+    assert not torch_report.bad and len(torch_report.written) == len(images) == 2
+    for image in images:
+        by_torch, by_onnx = np.load(tmp_path / "torch" / f"{image.stem}.npy"), np.load(onnx_out / f"{image.stem}.npy")
+        assert by_onnx.shape == by_torch.shape and by_onnx.dtype == by_torch.dtype == np.uint8
+        classes_torch, classes_onnx = by_torch.argmax(-1), by_onnx.argmax(-1)
+        assert len(np.unique(classes_torch)) >= 3, "a near-constant map would make the comparison meaningless"
+        agreement = float((classes_torch == classes_onnx).mean())
+        assert agreement >= 0.99, f"{image.stem}: only {agreement:.2%} of pixels agree"
