@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         root = write_challenge_folder(out / "phantom-input", n_train=0, n_test=args.count, shape=(1024, 512))
         images = sorted((root / "test" / "img").glob("*.dcm"))
         print(f"demo: {args.raw} not found, so using {len(images)} generated PHANTOM radiographs in {root}")
-    report = predict(images, out, bundle_dir=Path(args.bundle))
+    report = predict(images, out, bundle_dir=Path(args.bundle), structure_names=["T12", "L1", "L2", "L3", "L4", "L5"])
     for line in report.bad:
         print(f"  BAD {line}")
     for case, problems in report.implausible.items():
