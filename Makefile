@@ -12,9 +12,14 @@ CKPT ?= bundle/models/model.pt
 STRUCTURES ?= T12,L1,L2,L3,L4,L5
 BUNDLE_RUN := $(PY) -m monai.bundle run --logging_file bundle/configs/logging.conf
 INSTALLED := $(VENV)/.installed
+# MONAI Label has its own venv: its pins (numpy<2, pydicom<3, torch 2.14) clash with setup.cfg's.
+LABEL_VENV ?= .venv-label
+LABEL_INSTALLED := $(LABEL_VENV)/.installed
+STUDIES ?= $(DATA)/imagesTs
+LABEL_PORT ?= 8000
 
 .PHONY: install test lint convert-data train evaluate report infer export export-model predict-test demo bench-convert \
-	bench-infer clean
+	bench-infer clean label-install label-serve test-label
 
 install: $(INSTALLED)
 
@@ -25,9 +30,9 @@ $(INSTALLED): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,export]"
 	touch $@
 
-test: install
+test: install label-install
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -ra
+	SPINE_SEG_LABEL_VENV=$(LABEL_VENV) $(PY) -m pytest -q -ra
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -71,6 +76,23 @@ bench-convert: install
 bench-infer: install
 	$(PY) scripts/bench_infer.py
 	if [ -d $(RAW)/test/img ]; then $(PY) scripts/bench_infer.py --real $(RAW)/test/img --count 20; fi
+
+# MONAI Label server venv; versions in requirements-label.txt (torch/torchvision installed first).
+label-install: $(LABEL_INSTALLED)
+
+$(LABEL_INSTALLED): requirements-label.txt
+	test -x $(LABEL_VENV)/bin/python || $(PYTHON) -m venv $(LABEL_VENV)
+	$(LABEL_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LABEL_VENV)/bin/python -m pip install -q $$(grep -E '^torch(vision)?==' requirements-label.txt)
+	$(LABEL_VENV)/bin/python -m pip install -q -r requirements-label.txt
+	touch $@
+
+# MONAI Label's monaibundle sample app with this bundle on http://127.0.0.1:$(LABEL_PORT), offline.
+label-serve: install label-install
+	$(PY) -m spine_seg.label_app --studies $(STUDIES) --port $(LABEL_PORT) --venv $(LABEL_VENV)
+
+test-label: install label-install
+	SPINE_SEG_LABEL_VENV=$(LABEL_VENV) $(PY) -m pytest -q -ra tests/test_monailabel.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache
