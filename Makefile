@@ -1,5 +1,6 @@
 # spine-seg: every command a user or CI needs. Versions live in setup.cfg only.
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,6 +10,7 @@ FOLD ?= 0
 RUN_DIR ?= $(HOME)/.cache/spine-seg/train-fold$(FOLD)
 OUT ?= out
 CKPT ?= bundle/models/model.pt
+COARSE_CKPT ?= bundle/models/coarse.pt
 STRUCTURES ?= T12,L1,L2,L3,L4,L5
 BUNDLE_RUN := $(PY) -m monai.bundle run --logging_file bundle/configs/logging.conf
 INSTALLED := $(VENV)/.installed
@@ -40,10 +42,14 @@ lint: install
 convert-data: install
 	$(PY) -m data_prep $(RAW) $(DATA) --structure-names $(STRUCTURES)
 
+# Two stages, each resumable from its last checkpoint in $(RUN_DIR)/<stage>: the whole-image coarse network
+# (bundle/models/coarse.pt), then the fine network on the box around the vertebrae (bundle/models/model.pt).
 train: convert-data
-	mkdir -p $(RUN_DIR)
+	mkdir -p $(RUN_DIR)/coarse $(RUN_DIR)/fine
+	$(BUNDLE_RUN) training --config_file "['bundle/configs/train.json','bundle/configs/train_coarse.json']" \
+		--dataset_dir $(DATA) --fold $(FOLD) --run_dir $(RUN_DIR)/coarse 2>&1 | tee -a $(RUN_DIR)/coarse/train.log
 	$(BUNDLE_RUN) training --config_file bundle/configs/train.json \
-		--dataset_dir $(DATA) --fold $(FOLD) --run_dir $(RUN_DIR) 2>&1 | tee -a $(RUN_DIR)/train.log
+		--dataset_dir $(DATA) --fold $(FOLD) --run_dir $(RUN_DIR)/fine 2>&1 | tee -a $(RUN_DIR)/fine/train.log
 
 evaluate: install
 	$(BUNDLE_RUN) --config_file "['bundle/configs/train.json','bundle/configs/evaluate.json']" \
@@ -68,14 +74,14 @@ export: infer
 
 # TorchScript (MONAI ckpt_export) + ONNX of the trained weights, for deployment (`spine-seg predict --backend onnx`).
 export-model: install
-	$(PY) -m spine_seg.model_export --ckpt $(CKPT) --out-dir bundle/models
+	$(PY) -m spine_seg.model_export --ckpt $(CKPT) --coarse-ckpt $(COARSE_CKPT) --out-dir bundle/models
 
 bench-convert: install
-	$(PY) scripts/bench_convert.py
+	$(PY) benchmarks/bench_convert.py
 
 bench-infer: install
-	$(PY) scripts/bench_infer.py
-	if [ -d $(RAW)/test/img ]; then $(PY) scripts/bench_infer.py --real $(RAW)/test/img --count 20; fi
+	$(PY) benchmarks/bench_infer.py
+	if [ -d $(RAW)/test/img ]; then $(PY) benchmarks/bench_infer.py --real $(RAW)/test/img --count 20; fi
 
 # MONAI Label server venv; versions in requirements-label.txt (torch/torchvision installed first).
 label-install: $(LABEL_INSTALLED)

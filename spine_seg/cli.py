@@ -46,7 +46,8 @@ def _predict(args: argparse.Namespace) -> int:
     if args.limit:
         images = images[: args.limit]
     onnx = args.backend == "onnx"
-    overrides = {"ckpt_path": args.weights} if args.weights and not onnx else {}
+    weights = {"ckpt_path": args.weights, "coarse_ckpt_path": args.coarse_weights}
+    overrides = {k: v for k, v in weights.items() if v and not onnx}
     report = predict(
         images, args.out, _format(args), Path(args.bundle), not args.no_overlay, names, not args.no_progress,
         backend=args.backend, onnx_model=args.weights if onnx else None, dicom_seg=args.dicom_seg, **overrides,
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="MONAI bundle folder")
     pred.add_argument(
         "--weights", help="checkpoint to use instead of <bundle>/models/model.pt (model.onnx with --backend onnx)"
+    )
+    pred.add_argument(
+        "--coarse-weights", help="stage-1 checkpoint instead of <bundle>/models/coarse.pt (torch backend)"
     )
     pred.add_argument(
         "--backend", choices=BACKENDS, default="torch",

@@ -3,7 +3,8 @@
 TorchScript comes from MONAI's own ``ckpt_export`` (the function behind ``python -m monai.bundle ckpt_export``;
 BasicUNet scripts without tracing), so the ``.ts`` file carries ``metadata.json`` and ``inference.json``.
 ONNX uses ``torch.onnx.export(dynamo=False)`` (the TorchScript-based exporter; the dynamo exporter would need
-``onnxscript``) with dynamic batch, height and width. The trace drops BasicUNet's padding branch for odd
+``onnxscript``) with dynamic batch, height and width. Both stages are exported: ``model.*`` (fine) and
+``coarse.*`` (stage 1, which finds the box the fine stage segments). The trace drops BasicUNet's padding branch for odd
 feature-map sizes, so the ONNX model takes heights and widths that are multiples of 16 only (the working grid
 always is). The ``.onnx`` file also carries the pre/postprocessing parameters for :mod:`spine_seg.onnx_predict`.
 
@@ -31,6 +32,8 @@ def _config_files(bundle_dir: Path) -> tuple[Path, Path]:
 def _parser(bundle_dir: Path) -> Any:
     from monai.bundle import ConfigParser
 
+    if str(bundle_dir) not in sys.path:  # the bundle's `scripts` package, as `monai.bundle run` adds it
+        sys.path.insert(0, str(bundle_dir))
     config, meta = _config_files(bundle_dir)
     parser = ConfigParser()
     parser.read_config(str(config))
@@ -49,20 +52,20 @@ def _load_state(ckpt: Path) -> tuple[dict, str]:
     return (state["model"], "model") if isinstance(state.get("model"), dict) else (state, "")
 
 
-def build_network(bundle_dir: str | Path = DEFAULT_BUNDLE) -> Any:
-    """A freshly initialised ``network_def`` of the bundle's ``inference.json``."""
-    return _parser(Path(bundle_dir)).get_parsed_content("network_def")
+def build_network(bundle_dir: str | Path = DEFAULT_BUNDLE, net_id: str = "network_def") -> Any:
+    """A freshly initialised ``net_id`` (``network_def`` or ``coarse_network_def``) of ``inference.json``."""
+    return _parser(Path(bundle_dir)).get_parsed_content(net_id)
 
 
-def load_network(ckpt: str | Path, bundle_dir: str | Path = DEFAULT_BUNDLE) -> Any:
-    """The bundle's ``network_def`` with the weights of ``ckpt`` (loaded strictly), on the CPU, in eval mode."""
+def load_network(ckpt: str | Path, bundle_dir: str | Path = DEFAULT_BUNDLE, net_id: str = "network_def") -> Any:
+    """The bundle's ``net_id`` with the weights of ``ckpt`` (loaded strictly), on the CPU, in eval mode."""
     ckpt = Path(ckpt)
     state, _ = _load_state(ckpt)
-    net = build_network(bundle_dir)
+    net = build_network(bundle_dir, net_id)
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
-        raise RuntimeError(f"{ckpt}: weights do not fit the bundle's network_def ({err})") from err
+        raise RuntimeError(f"{ckpt}: weights do not fit the bundle's {net_id} ({err})") from err
     return net.eval()
 
 
@@ -71,7 +74,8 @@ def inference_spec(bundle_dir: str | Path = DEFAULT_BUNDLE) -> InferenceSpec:
     parser = _parser(Path(bundle_dir))
     transforms = parser["preprocessing"]["transforms"]
     ids = {t.get("_target_"): f"preprocessing#transforms#{i}" for i, t in enumerate(transforms)}
-    missing = {"Resized", "ScaleIntensityRangePercentilesd"} - set(ids)
+    coarse_id, crop_id = "scripts.spine_crop.CoarseSpineMaskd", "scripts.spine_crop.SpineBoxCropd"
+    missing = {"Resized", "ScaleIntensityRangePercentilesd", coarse_id, crop_id} - set(ids)
     if missing:
         raise ValueError(f"inference.json preprocessing has no {', '.join(sorted(missing))}")
 
@@ -91,20 +95,25 @@ def inference_spec(bundle_dir: str | Path = DEFAULT_BUNDLE) -> InferenceSpec:
         clip=bool(get(f"{scale}#clip", False)),
         structure_labels=tuple(int(v) for v in get("structure_labels")),
         keep_largest_component=bool(get("keep_largest_component", True)),
+        coarse_spatial_size=tuple(int(s) for s in get(f"{ids[coarse_id]}#spatial_size")),
+        crop_margins=tuple(float(m) for m in get(f"{ids[crop_id]}#margins")),
+        crop_aspect=float(get(f"{ids[crop_id]}#aspect")),
     )
 
 
-def export_torchscript(ckpt: str | Path, out: str | Path, bundle_dir: str | Path = DEFAULT_BUNDLE) -> Path:
-    """Write ``out`` (``.ts``) with MONAI's ``ckpt_export`` after checking that ``ckpt`` fits the network."""
+def export_torchscript(
+    ckpt: str | Path, out: str | Path, bundle_dir: str | Path = DEFAULT_BUNDLE, net_id: str = "network_def"
+) -> Path:
+    """Write ``out`` (``.ts``) with MONAI's ``ckpt_export`` after checking that ``ckpt`` fits ``net_id``."""
     from monai.bundle import ckpt_export
 
     ckpt, out, bundle_dir = Path(ckpt), Path(out), Path(bundle_dir)
-    load_network(ckpt, bundle_dir)  # ckpt_export copies weights non-strictly; refuse a mismatch first
+    load_network(ckpt, bundle_dir, net_id)  # ckpt_export copies weights non-strictly; refuse a mismatch first
     _, key = _load_state(ckpt)
     config, meta = _config_files(bundle_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt_export(
-        "network_def", filepath=str(out), ckpt_file=str(ckpt), meta_file=str(meta), config_file=str(config),
+        net_id, filepath=str(out), ckpt_file=str(ckpt), meta_file=str(meta), config_file=str(config),
         key_in_ckpt=key, bundle_root=str(bundle_dir),
     )
     return out
@@ -138,25 +147,35 @@ def export_onnx(net: Any, out: str | Path, spec: InferenceSpec) -> Path:
 
 
 def export_model(
-    ckpt: str | Path, out_dir: str | Path, bundle_dir: str | Path = DEFAULT_BUNDLE
+    ckpt: str | Path,
+    out_dir: str | Path,
+    bundle_dir: str | Path = DEFAULT_BUNDLE,
+    coarse_ckpt: str | Path | None = None,
 ) -> dict[str, Path]:
-    """Write ``out_dir/model.ts`` and ``out_dir/model.onnx`` from ``ckpt``; returns ``{"torchscript", "onnx"}``."""
-    out_dir = Path(out_dir)
-    net = load_network(ckpt, bundle_dir)
+    """Write ``model.ts``/``.onnx`` from ``ckpt`` and ``coarse.ts``/``.onnx`` from ``coarse_ckpt`` (default: the
+    bundle's ``models/coarse.pt``) into ``out_dir``; returns ``{"torchscript", "onnx", "coarse_torchscript",
+    "coarse_onnx"}``. Both checkpoints are checked before anything is written."""
+    bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
+    coarse_ckpt = Path(coarse_ckpt or bundle_dir / "models" / "coarse.pt")
+    net, coarse = load_network(ckpt, bundle_dir), load_network(coarse_ckpt, bundle_dir, "coarse_network_def")
+    spec = inference_spec(bundle_dir)
     return {
         "torchscript": export_torchscript(ckpt, out_dir / "model.ts", bundle_dir),
-        "onnx": export_onnx(net, out_dir / "model.onnx", inference_spec(bundle_dir)),
+        "onnx": export_onnx(net, out_dir / "model.onnx", spec),
+        "coarse_torchscript": export_torchscript(coarse_ckpt, out_dir / "coarse.ts", bundle_dir, "coarse_network_def"),
+        "coarse_onnx": export_onnx(coarse, out_dir / spec.coarse_model, spec),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Export the bundle's checkpoint to TorchScript and ONNX")
     parser.add_argument("--ckpt", default=str(DEFAULT_BUNDLE / "models" / "model.pt"), help="PyTorch state dict")
+    parser.add_argument("--coarse-ckpt", default=str(DEFAULT_BUNDLE / "models" / "coarse.pt"), help="stage 1")
     parser.add_argument("--out-dir", default=str(DEFAULT_BUNDLE / "models"), help="where model.ts/.onnx go")
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="MONAI bundle folder (configs/)")
     args = parser.parse_args(argv)
     try:
-        written = export_model(args.ckpt, args.out_dir, args.bundle)
+        written = export_model(args.ckpt, args.out_dir, args.bundle, args.coarse_ckpt)
     except (FileNotFoundError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

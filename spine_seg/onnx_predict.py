@@ -1,9 +1,12 @@
 """Segment radiographs with the exported ONNX model and onnxruntime, without torch or the MONAI bundle.
 
-This re-implements ``bundle/configs/inference.json`` in numpy/scipy: resize to the working grid (bilinear,
-Gaussian anti-aliasing when shrinking, as ``monai.transforms.Resize``), percentile intensity scaling, the
-network, softmax, bilinear resize of the probabilities back to the original size (``Invertd``), argmax
-and the largest connected component per label. The parameters travel inside the ``.onnx`` file
+This re-implements ``bundle/configs/inference.json`` in numpy/scipy. Stage 1 (``coarse.onnx`` beside the
+model): resize the whole image to the coarse grid (bilinear, Gaussian anti-aliasing when shrinking, as
+``monai.transforms.Resize``), percentile intensity scaling, network, argmax, largest component per label,
+nearest resize back; then the box around those vertebrae (the bundle's ``SpineBoxCrop``), zero-padded where
+it leaves the image. Stage 2 (``model.onnx``): the same resize and scaling of the crop to the fine grid,
+network, softmax, bilinear resize of the probabilities back to the box and paste into the image
+(``Invertd``), argmax and the largest component per label. The parameters travel inside the ``.onnx`` file
 (metadata key :data:`SPEC_KEY`, written by :mod:`spine_seg.model_export` from ``inference.json``).
 """
 
@@ -38,6 +41,10 @@ class InferenceSpec:
     clip: bool
     structure_labels: tuple[int, ...]
     keep_largest_component: bool
+    coarse_spatial_size: tuple[int, int]
+    crop_margins: tuple[float, float, float]
+    crop_aspect: float
+    coarse_model: str = "coarse.onnx"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -47,6 +54,8 @@ class InferenceSpec:
         raw = json.loads(text)
         raw["spatial_size"] = tuple(int(s) for s in raw["spatial_size"])
         raw["structure_labels"] = tuple(int(s) for s in raw["structure_labels"])
+        raw["coarse_spatial_size"] = tuple(int(s) for s in raw["coarse_spatial_size"])
+        raw["crop_margins"] = tuple(float(m) for m in raw["crop_margins"])
         return cls(**raw)
 
 
@@ -87,6 +96,35 @@ def resize_linear(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
         w = (src - i0).astype(np.float32).reshape(shape)
         out = np.take(out, i0, axis=axis) * (1 - w) + np.take(out, i1, axis=axis) * w
     return out
+
+
+def resize_nearest(labels: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Nearest-neighbour resize of a 2D map, as ``torch.nn.functional.interpolate(mode="nearest")``."""
+    index = [
+        np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * np.float32(n_in / n_out)).astype(np.int64), n_in - 1)
+        for n_in, n_out in zip(labels.shape, size, strict=True)
+    ]
+    return labels[np.ix_(*index)]
+
+
+def spine_box(labels: np.ndarray, margins: Sequence[float], aspect: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(start, end)`` of the box around labels > 0: the bundle's ``SpineBoxCrop`` (no shift, no zoom)."""
+    rows, cols = np.nonzero(labels > 0)
+    if rows.size == 0:
+        return np.zeros(2, dtype=int), np.asarray(labels.shape)
+    vertebra = (rows.max() + 1 - rows.min()) / max(1, np.unique(labels[rows, cols]).size)
+    top, bottom, side = margins
+    row_lo, row_hi = rows.min() - top * vertebra, rows.max() + 1 + bottom * vertebra
+    width = max(cols.max() + 1 - cols.min() + 2 * side * vertebra, (row_hi - row_lo) / aspect)
+    size = np.array([max(row_hi - row_lo, width * aspect), width])
+    start = np.round(np.array([(row_lo + row_hi) / 2, (cols.min() + cols.max() + 1) / 2]) - size / 2).astype(int)
+    return start, start + np.maximum(np.round(size).astype(int), 1)
+
+
+def box_slices(start: np.ndarray, end: np.ndarray, shape: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Slices ``(in the image, in the box)`` of the part of the box ``start:end`` that lies inside ``shape``."""
+    lo, hi = np.maximum(start, 0), np.minimum(end, shape)
+    return tuple(map(slice, lo, hi)), tuple(map(slice, lo - start, hi - start))
 
 
 def scale_percentiles(image: np.ndarray, spec: InferenceSpec) -> np.ndarray:
@@ -140,22 +178,44 @@ class OnnxSegmenter:
         if SPEC_KEY not in meta:
             raise ValueError(f"{self.model_path}: no '{SPEC_KEY}' metadata; export it with spine_seg.model_export")
         self.spec = InferenceSpec.from_json(meta[SPEC_KEY])
-        if any(s % SIZE_MULTIPLE for s in self.spec.spatial_size):
-            raise ValueError(f"{self.model_path}: working grid {self.spec.spatial_size} is not a multiple of 16")
+        for grid in (self.spec.spatial_size, self.spec.coarse_spatial_size):
+            if any(s % SIZE_MULTIPLE for s in grid):
+                raise ValueError(f"{self.model_path}: working grid {grid} is not a multiple of 16")
+        coarse_path = self.model_path.parent / self.spec.coarse_model
+        if not coarse_path.is_file():
+            raise FileNotFoundError(f"{coarse_path}: no stage-1 ONNX model beside {self.model_path.name}; "
+                                    "write both with `make export-model`")
+        self.coarse = ort.InferenceSession(str(coarse_path), options, providers=providers)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw network output ``N x K x H x W`` for an ``N x 1 x H x W`` float32 batch."""
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
+    def _work(self, image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+        """``image`` resized to ``size`` (anti-aliased if the spec says so), percentile-scaled: ``1 x 1 x H x W``."""
+        if self.spec.anti_aliasing:
+            image = anti_alias(image, size)
+        return scale_percentiles(resize_linear(image, size), self.spec)[None, None]
+
+    def _keep_largest(self, class_map: np.ndarray) -> np.ndarray:
+        return keep_largest_components(class_map, self.spec.structure_labels) if self.spec.keep_largest_component \
+            else class_map
+
+    def coarse_labels(self, image: np.ndarray) -> np.ndarray:
+        """Stage 1: the ``R x C`` label map of the whole image whose box stage 2 segments."""
+        logits = self.coarse.run([OUTPUT_NAME], {INPUT_NAME: self._work(image, self.spec.coarse_spatial_size)})[0]
+        labels = keep_largest_components(logits[0].argmax(axis=0).astype(np.uint8), self.spec.structure_labels)
+        return resize_nearest(labels, image.shape)
+
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """``R x C`` image (any real dtype) -> ``R x C`` uint8 class map on the image's own grid."""
         spec = self.spec
         image = np.asarray(image, dtype=np.float32)
-        if spec.anti_aliasing:
-            image = anti_alias(image, spec.spatial_size)
-        work = scale_percentiles(resize_linear(image, spec.spatial_size), spec)
-        probs = softmax(self.logits(work[None, None])[0], axis=0)
-        class_map = resize_linear(probs, image.shape).argmax(axis=0).astype(np.uint8)
-        if spec.keep_largest_component:
-            class_map = keep_largest_components(class_map, spec.structure_labels)
-        return class_map
+        start, end = spine_box(self.coarse_labels(image), spec.crop_margins, spec.crop_aspect)
+        in_image, in_box = box_slices(start, end, image.shape)
+        crop = np.zeros(tuple(end - start), dtype=np.float32)
+        crop[in_box] = image[in_image]
+        probs = softmax(self.logits(self._work(crop, spec.spatial_size))[0], axis=0)
+        full = np.zeros((probs.shape[0], *image.shape), dtype=np.float32)
+        full[(slice(None), *in_image)] = resize_linear(probs, crop.shape)[(slice(None), *in_box)]
+        return self._keep_largest(full.argmax(axis=0).astype(np.uint8))

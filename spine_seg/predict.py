@@ -52,14 +52,18 @@ def check_checkpoint(ckpt: Path) -> None:
 def run_bundle_inference(
     datalist: list[dict[str, str]], output_dir: Path, bundle_dir: Path = DEFAULT_BUNDLE, **overrides: object
 ) -> None:
-    """Run ``bundle_dir/configs/inference.json`` over ``datalist``; writes ``<id>_seg.nii.gz`` to output_dir."""
+    """Run ``bundle_dir/configs/inference.json`` over ``datalist``; writes ``<id>_seg.nii.gz`` to output_dir.
+
+    Both stages' weights (``coarse_ckpt_path``, ``ckpt_path``; default the bundle's) are checked first."""
     from monai.bundle import ConfigWorkflow
 
     bundle_dir = Path(bundle_dir).resolve()
     ckpt = Path(str(overrides.pop("ckpt_path", bundle_dir / "models" / "model.pt")))
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"{ckpt}: no trained weights; train with `make train` or pass another checkpoint")
-    check_checkpoint(ckpt)
+    coarse = Path(str(overrides.pop("coarse_ckpt_path", bundle_dir / "models" / "coarse.pt")))
+    for weights in (coarse, ckpt):
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights}: no trained weights; train with `make train` or pass other weights")
+        check_checkpoint(weights)
     workflow = ConfigWorkflow(
         config_file=str(bundle_dir / "configs" / "inference.json"),
         meta_file=str(bundle_dir / "configs" / "metadata.json"),
@@ -67,6 +71,7 @@ def run_bundle_inference(
         workflow_type="infer",
         bundle_root=str(bundle_dir),
         ckpt_path=str(ckpt),
+        coarse_ckpt_path=str(coarse),
         datalist=datalist,
         output_dir=str(output_dir),
         **overrides,

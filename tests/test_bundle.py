@@ -23,8 +23,10 @@ from spine_seg.predict import predict
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
 CONFIGS = BUNDLE / "configs"
-# A small grid and short schedule: phantoms are simple, CI has two CPU cores.
-SMALL = ["--spatial_size", "[96,48]", "--num_workers", "0", "--batch_size", "4", "--val_interval", "1"]
+# Small grids and short schedules: phantoms are simple, CI has two CPU cores.
+SCHEDULE = ["--num_workers", "0", "--batch_size", "4", "--val_interval", "1"]
+SMALL = ["--spatial_size", "[64,32]", *SCHEDULE]
+SMALL_COARSE = ["--spatial_size", "[96,48]", *SCHEDULE]
 
 
 def bundle_run(*args: str, cwd: Path = REPO, timeout: int = 600) -> str:
@@ -55,32 +57,45 @@ def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(phantom_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
-    """A short training run through ``python -m monai.bundle run training`` (the design card's command)."""
+    """Both stages trained briefly through ``python -m monai.bundle run training`` (the design card's command):
+    the coarse whole-image network (``train.json`` + ``train_coarse.json``), then the fine one on the crops."""
     work = tmp_path_factory.mktemp("train")
-    log = bundle_run(
-        "run", "training", "--config_file", str(CONFIGS / "train.json"), "--dataset_dir", str(phantom_data),
-        "--run_dir", str(work / "run"), "--ckpt_dir", str(work / "models"), "--max_epochs", "12",
-        "--learning_rate", "0.01", *SMALL,
+    common = ["--dataset_dir", str(phantom_data), "--ckpt_dir", str(work / "models"), "--max_epochs", "12",
+              "--learning_rate", "0.01"]
+    coarse_log = bundle_run(
+        "run", "training", "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'train_coarse.json'}']",
+        "--run_dir", str(work / "coarse"), *common, *SMALL_COARSE,
     )
-    return {"work": work, "log": log, "ckpt": work / "models" / "model.pt"}
+    log = bundle_run("run", "training", "--config_file", str(CONFIGS / "train.json"), "--run_dir", str(work / "run"),
+                     *common, *SMALL)
+    return {"work": work, "log": coarse_log + log, "ckpt": work / "models" / "model.pt",
+            "coarse": work / "models" / "coarse.pt"}
 
 
-def evaluate(phantom_data: Path, ckpt: Path, out: Path) -> float:
+def cascade_args(trained: dict) -> list[str]:
+    """Overrides that point inference/evaluation at the test's own coarse stage and grids."""
+    return ["--coarse_ckpt_path", str(trained["coarse"]), "--coarse_spatial_size", "[96,48]", "--spatial_size",
+            "[64,32]"]
+
+
+def evaluate(phantom_data: Path, trained: dict, ckpt: Path, out: Path) -> float:
+    """``train.json`` + ``evaluate.json`` with ``ckpt`` as the fine stage; the validation mean Dice."""
     bundle_run(
         "run", "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']",
-        "--dataset_dir", str(phantom_data), "--ckpt_path", str(ckpt), "--output_dir", str(out), *SMALL,
+        "--dataset_dir", str(phantom_data), "--ckpt_path", str(ckpt), "--output_dir", str(out), *SCHEDULE,
+        *cascade_args(trained),
     )
     return mean_dice(out)
 
 
 def test_training_beats_untrained_model(phantom_data: Path, trained: dict, tmp_path: Path) -> None:
-    assert trained["ckpt"].is_file(), trained["log"][-3000:]
+    assert trained["ckpt"].is_file() and trained["coarse"].is_file(), trained["log"][-3000:]
     untrained = tmp_path / "untrained.pt"
     torch.manual_seed(0)
     net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=7, features=(16, 16, 32, 64, 128, 16))
     torch.save(net.state_dict(), untrained)
-    before = evaluate(phantom_data, untrained, tmp_path / "eval0")
-    after = evaluate(phantom_data, trained["ckpt"], tmp_path / "eval1")
+    before = evaluate(phantom_data, trained, untrained, tmp_path / "eval0")
+    after = evaluate(phantom_data, trained, trained["ckpt"], tmp_path / "eval1")
     assert after > before + 0.3, f"trained mean Dice {after:.3f} vs untrained {before:.3f}"
     assert after > 0.5
     # evaluate.json writes per-case, per-structure Dice and HD95 at the original image size
@@ -109,7 +124,7 @@ def test_interrupted_training_resumes(trained: dict, phantom_data: Path) -> None
 def test_inference_restores_original_size_and_exports(trained: dict, phantom_data: Path, tmp_path: Path) -> None:
     bundle_run(
         "run", "--config_file", str(CONFIGS / "inference.json"), "--dataset_dir", str(phantom_data),
-        "--ckpt_path", str(trained["ckpt"]), "--output_dir", str(tmp_path / "pred"), "--spatial_size", "[96,48]",
+        "--ckpt_path", str(trained["ckpt"]), "--output_dir", str(tmp_path / "pred"), *cascade_args(trained),
     )
     meta = json.loads((phantom_data / "dataset.json").read_text())
     preds = sorted((tmp_path / "pred").glob("*_seg.nii.gz"))
@@ -133,7 +148,8 @@ def test_predict_from_dicom(trained: dict, tmp_path: Path) -> None:
     images = sorted((raw / "test" / "img").glob("*.dcm"))
     bad = tmp_path / "broken.dcm"
     bad.write_bytes(b"not a dicom")
-    report = predict([*images, bad], tmp_path / "out", ckpt_path=str(trained["ckpt"]), spatial_size=[96, 48],
+    report = predict([*images, bad], tmp_path / "out", ckpt_path=str(trained["ckpt"]),
+                     coarse_ckpt_path=str(trained["coarse"]), coarse_spatial_size=[96, 48], spatial_size=[64, 32],
                      progress=False)
     assert len(report.bad) == 1 and "broken.dcm" in report.bad[0]
     for image in images:

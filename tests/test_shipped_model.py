@@ -1,4 +1,4 @@
-"""The weights shipped in bundle/models/model.pt, on a real radiograph when the shared data is present."""
+"""The weights shipped in bundle/models (coarse.pt, model.pt), on a real radiograph when the shared data is present."""
 
 from __future__ import annotations
 
@@ -17,20 +17,23 @@ from spine_seg.mat_io import read_mask
 from spine_seg.predict import DEFAULT_BUNDLE, predict
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "aasce"
-WEIGHTS = DEFAULT_BUNDLE / "models" / "model.pt"
 
 
-def test_shipped_weights_load_into_the_bundle_network() -> None:
-    assert WEIGHTS.is_file(), f"{WEIGHTS} is missing: the bundle must ship trained weights (make train)"
+@pytest.mark.parametrize(
+    ("weights", "net_id", "grid"),
+    [("model.pt", "network_def", "spatial_size"), ("coarse.pt", "coarse_network_def", "coarse_spatial_size")],
+)
+def test_shipped_weights_load_into_the_bundle_network(weights: str, net_id: str, grid: str) -> None:
+    path = DEFAULT_BUNDLE / "models" / weights
+    assert path.is_file(), f"{path} is missing: the bundle must ship trained weights (make train)"
     parser = ConfigParser()
     parser.read_config(str(DEFAULT_BUNDLE / "configs" / "inference.json"))
-    parser["device"] = "$torch.device('cpu')"
-    network = parser.get_parsed_content("network")
-    state = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
+    network = parser.get_parsed_content(net_id)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     missing, unexpected = network.load_state_dict(state.get("model", state), strict=True)
     assert not missing and not unexpected
-    out = network.eval()(torch.rand(1, 1, *parser["spatial_size"]))
-    assert out.shape == (1, 7, *parser["spatial_size"])
+    out = network.eval()(torch.rand(1, 1, *parser[grid]))
+    assert out.shape == (1, 7, *parser[grid])
 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason=f"real radiographs not present at {REAL}")

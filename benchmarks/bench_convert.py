@@ -5,9 +5,9 @@ v5 ``.mat`` masks) into a temporary challenge folder, converts them with ``data_
 prints seconds per image and peak resident memory (the converting process, plus its worker processes when
 ``--workers`` > 1). Target: <= 1.0 s/image and <= 1 GB peak.
 
-    python scripts/bench_convert.py                     # 20 images of 3000 x 2500 px, 1 worker
-    python scripts/bench_convert.py --workers 2
-    python scripts/bench_convert.py --profile           # also cProfile one conversion (top functions)
+    python benchmarks/bench_convert.py                     # 20 images of 3000 x 2500 px, 1 worker
+    python benchmarks/bench_convert.py --workers 2
+    python benchmarks/bench_convert.py --profile           # also cProfile one conversion (top functions)
 
 Making the phantoms, profiling and the timed conversion each run in their own process: Linux keeps a
 process's peak RSS across fork + exec, so the parent here stays small and the figures are the conversion's.
