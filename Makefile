@@ -57,7 +57,7 @@ evaluate: install
 	$(PY) -m spine_seg.evaluation_table $(OUT)/eval --dataset-json $(DATA)/dataset.json
 
 report: install
-	$(PY) -m spine_seg.report --eval-dir $(OUT)/eval --run-dir $(RUN_DIR) --dataset-json $(DATA)/dataset.json \
+	$(PY) -m spine_seg.report --eval-dir $(OUT)/eval --run-dir $(RUN_DIR)/fine --dataset-json $(DATA)/dataset.json \
 		--out docs/figures
 
 predict-test: convert-data

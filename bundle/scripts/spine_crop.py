@@ -84,22 +84,18 @@ class SpineBoxCropd(CropForegroundd):
 
 class RandSpineBoxCropd(Randomizable, SpineBoxCropd):
     """:class:`SpineBoxCropd` with the box moved by up to ``max_shift`` (rows, columns; vertebra heights) and
-    scaled by a factor drawn from ``zoom_range``: training crops that look like an imperfect stage 1."""
+    scaled by a factor drawn from ``zoom_range``: training crops that look like an imperfect stage 1.
+    Other arguments as :class:`SpineBoxCropd`."""
 
     def __init__(
         self,
         keys: KeysCollection,
         source_key: str,
-        margins: Sequence[float] = (1.0, 1.5, 1.0),
-        aspect: float = 2.0,
         max_shift: Sequence[float] = (0.5, 0.3),
         zoom_range: Sequence[float] = (0.85, 1.15),
-        mode: str | Sequence[str] = "constant",
-        allow_missing_keys: bool = False,
-        **pad_kwargs,
+        **kwargs,
     ) -> None:
-        super().__init__(keys, source_key, margins, aspect, mode=mode, allow_missing_keys=allow_missing_keys,
-                         **pad_kwargs)
+        super().__init__(keys, source_key, **kwargs)
         self.max_shift = tuple(float(s) for s in max_shift)
         self.zoom_range = tuple(float(z) for z in zoom_range)
 
