@@ -46,11 +46,19 @@ def prepare_app(
     app_root: str | Path = DEFAULT_APP_ROOT,
     bundle_dir: str | Path = REPO_ROOT / "bundle",
     venv: str | Path = DEFAULT_LABEL_VENV,
+    require_weights: bool = True,
 ) -> Path:
     """Copy the ``monaibundle`` sample app to ``app_root/monaibundle`` (once) and link the bundle into it.
 
-    Returns the app directory.
+    Returns the app directory. A bundle without both stages' weights (``models/coarse.pt``, ``models/model.pt``)
+    is refused with a FileNotFoundError naming the missing file unless ``require_weights`` is false: MONAI Label
+    would start anyway and answer every request for the model with an obscure AttributeError.
     """
+    if require_weights:
+        for weights in ("coarse.pt", "model.pt"):
+            if not (Path(bundle_dir) / "models" / weights).is_file():
+                raise FileNotFoundError(f"{Path(bundle_dir) / 'models' / weights}: no trained weights to serve; "
+                                        "run `make train` or copy the bundle's weights there")
     app_root = Path(app_root).resolve()
     app = app_root / "monaibundle"
     if not (app / "main.py").is_file():
@@ -74,10 +82,11 @@ def prepare_app(
 
 
 def _label_env(venv: str | Path) -> dict[str, str]:
-    """The environment for label-venv subprocesses: its ``bin`` first on PATH (MONAI Label calls ``python``)."""
+    """The environment for label-venv subprocesses: its ``bin`` first on PATH (MONAI Label calls ``python``),
+    and the repository on PYTHONPATH for :mod:`spine_seg.label_asgi` (which imports nothing else of ours)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(os.path.abspath(venv)) / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("PYTHONPATH", None)
+    env["PYTHONPATH"] = str(REPO_ROOT)
     return env
 
 
@@ -88,6 +97,7 @@ def server_command(app: str | Path, studies: str | Path, port: int, venv: str | 
         str(label_python(venv)), "-m", "monailabel.main", "start_server",
         "--app", str(app), "--studies", str(Path(studies).resolve()), "--host", host, "--port", str(port),
         "--conf", "models", MODEL_NAME, "--conf", "zoo_source", "github", "--conf", "sam2", "false",
+        "--uvicorn_app", "spine_seg.label_asgi:app",
     ]
 
 
@@ -109,7 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not Path(args.studies).is_dir():
         parser.error(f"--studies {args.studies}: not a directory")
-    app = prepare_app(args.app_root, args.bundle, args.venv)
+    try:
+        app = prepare_app(args.app_root, args.bundle, args.venv)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     cmd = server_command(app, args.studies, args.port, args.venv)
     print(f"MONAI Label on http://127.0.0.1:{args.port} (model {MODEL_NAME}): {' '.join(cmd)}", flush=True)
     return subprocess.call(cmd, env=_label_env(args.venv), cwd=str(app.parent))

@@ -103,6 +103,9 @@ def test_coarse_stage_writes_a_full_size_label_map(tmp_path: Path) -> None:
     torch.save({"nope": torch.zeros(1)}, bad)
     with pytest.raises(RuntimeError, match="bad.pt: cannot load the stage-1 weights"):
         CoarseSpineMaskd("image", net, str(bad), (64, 32))({"image": torch.rand(1, 90, 50)})
+    volume = MetaTensor(torch.rand(1, 30, 20, 4), meta={"filename_or_obj": "/x/volume.nii.gz"})
+    with pytest.raises(ValueError, match=r"volume.nii.gz: not a 2D grayscale radiograph \(array of shape"):
+        CoarseSpineMaskd("image", net, str(tmp_path / "missing.pt"), (64, 32))({"image": volume})
     good = tmp_path / "coarse.pt"
     torch.save({"model": net.state_dict()}, good)
     image = torch.rand(1, 90, 50)

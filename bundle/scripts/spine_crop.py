@@ -114,7 +114,8 @@ class CoarseSpineMaskd(MapTransform):
     The image is resized to ``spatial_size`` (bilinear, anti-aliased), scaled to [0, 1] between its
     ``percentiles``, segmented, reduced to the largest component per label (1..``num_classes``-1) and the
     label map resized back to ``(H, W)`` (nearest) into ``d[mask_key]`` as a ``(1, H, W)`` uint8 tensor.
-    ``network`` gets the weights of ``ckpt_path`` on first use. The image itself is not changed.
+    ``network`` gets the weights of ``ckpt_path`` on first use. The image itself is not changed; an image that
+    is not ``(1, H, W)`` (a 3D volume, colour) raises a ValueError naming its file.
     """
 
     def __init__(
@@ -153,10 +154,14 @@ class CoarseSpineMaskd(MapTransform):
 
     @torch.no_grad()
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        if not self._loaded:
-            self.load()
         d = dict(data)
         for key in self.key_iterator(d):
+            if d[key].ndim != 3 or d[key].shape[0] != 1:
+                source = getattr(d[key], "meta", {}).get("filename_or_obj", key)
+                raise ValueError(f"{source}: not a 2D grayscale radiograph (array of shape {tuple(d[key].shape)} "
+                                 "after adding the channel axis; expected 1 x rows x columns)")
+            if not self._loaded:
+                self.load()
             image = torch.as_tensor(d[key]).float()
             work = self.scale(self.resize(image))
             logits = self.network(torch.as_tensor(work)[None].to(self.device))[0]
