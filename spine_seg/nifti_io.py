@@ -15,8 +15,13 @@ from spine_seg.atomic import atomic_path
 
 
 def spacing_affine(spacing: tuple[float, float]) -> np.ndarray:
-    """4x4 affine with the (row, column) pixel spacing in mm on the diagonal."""
-    return np.diag([float(spacing[0]), float(spacing[1]), 1.0, 1.0])
+    """4x4 affine with the (row, column) pixel spacing in mm on the diagonal, rows and columns negated.
+
+    NIfTI affines are RAS; ITK, DICOM and 3D Slicer work in LPS. The negated axes make ITK read an identity
+    direction, which is what ITK writes for a 2D mask without an affine (MONAI Label's writer does), so a
+    mask it returns lands on the image in a viewer.
+    """
+    return np.diag([-float(spacing[0]), -float(spacing[1]), 1.0, 1.0])
 
 
 def write_nifti(path: str | Path, array: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> None:

@@ -133,7 +133,7 @@ def test_info_lists_the_bundle(label_server: str) -> None:
 
 
 def test_infer_returns_the_bundle_prediction(label_server: str, bundle_prediction: np.ndarray,
-                                             tmp_path: Path) -> None:
+                                             phantom_studies: Path, tmp_path: Path) -> None:
     body = _post_infer(f"{label_server}/infer/{MODEL_NAME}?image=phantom&output=image")
     out = tmp_path / "label_pred.nii.gz"
     out.write_bytes(body)
@@ -144,7 +144,8 @@ def test_infer_returns_the_bundle_prediction(label_server: str, bundle_predictio
     assert len(np.unique(mask)) > 1, "an all-background mask means the model did not run"
     assert bundle_prediction.shape == SHAPE
     np.testing.assert_array_equal(mask, bundle_prediction)
-
+    # the same affine as the image, so that a viewer (3D Slicer) places the mask on the radiograph
+    np.testing.assert_allclose(nib.load(out).affine, nib.load(phantom_studies / "phantom.nii.gz").affine)
 
 
 def _infer_error(label_server: str, image: str) -> tuple[int, str]:
