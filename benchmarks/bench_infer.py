@@ -3,7 +3,9 @@
 Stages timed separately per image: load (DICOM decode + preprocessing), stage 1 (the coarse network that
 finds the vertebrae, inside the preprocessing), inference (the fine network on the crop's grid), restore
 (softmax, Invertd to the original grid, argmax, largest component) and export (.npy).
-Also times sliding-window inference at native resolution to show what the working-grid design saves.
+Then the same images through the ONNX backend (``spine-seg predict --backend onnx``: onnxruntime and numpy),
+DICOM -> .npy. Also times sliding-window inference at native resolution to show what the working-grid design
+saves.
 
     python benchmarks/bench_infer.py                       # 10 phantom radiographs of 3000 x 2500 px
     python benchmarks/bench_infer.py --real ../shared/data/aasce/test/img --count 20
@@ -106,6 +108,21 @@ def main() -> None:
             print(f"  {key:<10} {np.mean(values[skip:]):.3f}")
         print(f"  {'total':<10} {np.mean(total[skip:]):.3f}")
         print(f"peak memory: {peak_mb():.0f} MB")
+        onnx_model = bundle / "models" / "model.onnx"
+        if onnx_model.is_file():
+            from spine_seg.onnx_predict import OnnxSegmenter
+
+            segment = OnnxSegmenter(onnx_model)
+            onnx_times = []
+            for i, path in enumerate(images):
+                t0 = time.perf_counter()
+                class_map = segment(read_radiograph(path).pixels)
+                save_npy(tmp_dir / f"onnx{i}.npy", class_map_to_challenge(class_map, fmt))
+                onnx_times.append(time.perf_counter() - t0)
+            print(f"onnx backend (onnxruntime + numpy, both stages), DICOM -> .npy: "
+                  f"{np.mean(onnx_times[skip:]):.3f} s per image; peak memory {peak_mb():.0f} MB")
+        else:
+            print(f"onnx backend: {onnx_model} missing (make export-model), not timed")
         native = SlidingWindowInferer(roi_size=config["spatial_size"], sw_batch_size=4, overlap=0.25)
         native_times = []
         for path in images[: args.native_count]:
