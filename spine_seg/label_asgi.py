@@ -4,14 +4,19 @@ MONAI Label 0.8.5 registers no exception handlers, so every failed request is a 
 Error". ``make label-serve`` starts uvicorn on this module's ``app`` instead (``--uvicorn_app``): MONAI
 Label's own errors (unknown model, image not found) become 400/404 with their message, anything else a
 500 naming the exception and its message (for example the bundle's "not a 2D grayscale radiograph").
+An inference request for a model that the app did not load (a bundle without weights still gets
+registered, half-initialised) is answered 404 before MONAI Label fails on it.
 """
 
 from __future__ import annotations
 
-from fastapi import Request
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from monailabel.app import app
 from monailabel.interfaces.exception import ImageNotFoundException, MONAILabelException
+from monailabel.interfaces.utils.app import app_instance
 
 __all__ = ["app"]
 
@@ -26,3 +31,13 @@ async def monailabel_error(request: Request, exc: MONAILabelException) -> JSONRe
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     detail = f"{request.method} {request.url.path}?{request.url.query}: {type(exc).__name__}: {exc}"
     return JSONResponse(status_code=500, content={"error": type(exc).__name__, "detail": detail})
+
+
+@app.middleware("http")
+async def unloaded_model(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    parts = request.url.path.strip("/").split("/")
+    if len(parts) == 2 and parts[0] == "infer" and parts[1] not in app_instance().info().get("models", {}):
+        detail = (f"no model '{parts[1]}' is loaded: its bundle has no weights (models/model.pt) or failed to "
+                  "load; see the server log")
+        return JSONResponse(status_code=404, content={"error": "MODEL_NOT_LOADED", "detail": detail})
+    return await call_next(request)

@@ -180,10 +180,11 @@ def test_bundle_without_weights(phantom_studies: Path, tmp_path: Path, capsys: p
     assert label_main(["--studies", str(phantom_studies), "--bundle", str(bundle),
                        "--app-root", str(tmp_path / "apps")]) == 1
     assert "model.pt: no trained weights to serve" in capsys.readouterr().err
-    # Started directly, MONAI Label 0.8.5 still registers the half-initialised model; the request fails with
-    # the cause named (an AttributeError inside MONAI Label) and the server goes on answering.
+    # Started directly, MONAI Label 0.8.5 still registers the half-initialised model; label_asgi answers 404
+    # naming the model and the likely cause, and the server goes on answering.
     app = prepare_app(tmp_path / "apps", bundle, require_weights=False)
     with serve(app, phantom_studies, tmp_path / "server.log") as base:
+        assert MODEL_NAME not in _get_json(f"{base}/info/")["models"]
         status, body = _infer_error(base, "phantom")
-        assert status == 500 and "AttributeError" in body and f"/infer/{MODEL_NAME}" in body, body[:500]
+        assert status == 404 and f"no model '{MODEL_NAME}' is loaded: its bundle has no weights" in body, body[:500]
         assert "models" in _get_json(f"{base}/info/"), "the server keeps answering"
