@@ -11,6 +11,7 @@ registered, half-initialised) is answered 404 before MONAI Label fails on it.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import cache
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
@@ -33,10 +34,17 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=500, content={"error": type(exc).__name__, "detail": detail})
 
 
+@cache
+def loaded_models() -> frozenset[str]:
+    """The models the app loaded; fixed once it has started. ``info()`` also counts the datastore, so it is
+    asked once, not on every request."""
+    return frozenset(app_instance().info().get("models", {}))
+
+
 @app.middleware("http")
 async def unloaded_model(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     parts = request.url.path.strip("/").split("/")
-    if len(parts) == 2 and parts[0] == "infer" and parts[1] not in app_instance().info().get("models", {}):
+    if len(parts) == 2 and parts[0] == "infer" and parts[1] not in loaded_models():
         detail = (f"no model '{parts[1]}' is loaded: its bundle has no weights (models/model.pt) or failed to "
                   "load; see the server log")
         return JSONResponse(status_code=404, content={"error": "MODEL_NOT_LOADED", "detail": detail})
