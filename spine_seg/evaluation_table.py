@@ -80,20 +80,30 @@ def level_shift(pred: np.ndarray, label: np.ndarray, num_structures: int) -> int
     return int(np.median(offsets)) if offsets else 0
 
 
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks (1.0 when both are empty)."""
+    total = int(a.sum()) + int(b.sum())
+    return 2 * float((a & b).sum()) / total if total else 1.0
+
+
 def level_summary(eval_dir: str | Path, labels_dir: str | Path, num_structures: int = 6) -> str:
-    """Whole-spine Dice (all vertebrae as one) and how many cases have their levels shifted."""
+    """Whole-spine Dice (all vertebrae as one), how many cases have their levels shifted, and the mean
+    per-vertebra Dice of the cases whose levels are named right (offset 0)."""
     from spine_seg.nifti_io import read_nifti
 
-    spine_dice, shifts = [], []
+    spine_dice, shifts, right = [], [], []
     for pred_path in sorted((Path(eval_dir) / "pred").glob("*_seg.nii.gz")):
         pred = read_nifti(pred_path).astype(np.uint8)
         label = read_nifti(Path(labels_dir) / pred_path.name.replace("_seg.nii.gz", ".nii.gz")).astype(np.uint8)
-        spine_dice.append(2 * ((pred > 0) & (label > 0)).sum() / max((pred > 0).sum() + (label > 0).sum(), 1))
+        spine_dice.append(dice(pred > 0, label > 0))
         shifts.append(level_shift(pred, label, num_structures))
+        if shifts[-1] == 0:
+            right.append(np.mean([dice(pred == k, label == k) for k in range(1, num_structures + 1)]))
     counts = {s: shifts.count(s) for s in sorted(set(shifts))}
     return (
         f"whole-spine Dice (levels ignored): {np.mean(spine_dice):.3f}; "
-        f"cases by level offset: {', '.join(f'{k:+d}: {v}' for k, v in counts.items())}"
+        f"cases by level offset: {', '.join(f'{k:+d}: {v}' for k, v in counts.items())}; "
+        f"mean Dice of the {len(right)} cases at offset 0: {np.mean(right) if right else float('nan'):.3f}"
     )
 
 

@@ -35,3 +35,20 @@ def test_table_names_structures_and_writes_csv(tmp_path: Path, capsys: pytest.Ca
     assert main([str(tmp_path), "--dataset-json", str(dataset)]) == 0
     assert "2 validation cases" in capsys.readouterr().out
     assert (tmp_path / "per_vertebra.csv").read_text().splitlines()[1].startswith("L4,0.8")
+
+
+def test_level_summary_counts_offsets_and_scores_the_right_cases(tmp_path: Path) -> None:
+    from spine_seg.evaluation_table import level_summary
+    from spine_seg.nifti_io import write_nifti
+
+    _, label = make_phantom((200, 100), seed=4)
+    shifted = np.where(label > 1, label - 1, 0).astype(np.uint8)
+    (tmp_path / "pred").mkdir()
+    for case, pred in (("a", label), ("b", shifted)):
+        write_nifti(tmp_path / "labels" / f"{case}.nii.gz", label)
+        write_nifti(tmp_path / "pred" / f"{case}_seg.nii.gz", pred)
+    text = level_summary(tmp_path, tmp_path / "labels")
+    whole = 2 * ((shifted > 0) & (label > 0)).sum() / ((shifted > 0).sum() + (label > 0).sum())
+    assert f"whole-spine Dice (levels ignored): {(1 + whole) / 2:.3f}" in text
+    assert "cases by level offset: +0: 1, +1: 1" in text
+    assert "mean Dice of the 1 cases at offset 0: 1.000" in text
