@@ -20,7 +20,7 @@ LABEL_INSTALLED := $(LABEL_VENV)/.installed
 STUDIES ?= $(DATA)/imagesTs
 LABEL_PORT ?= 8000
 
-.PHONY: install test lint convert-data train evaluate report infer export export-model predict-test demo bench-convert \
+.PHONY: install test lint convert-data train evaluate audit-labels report infer export export-model predict-test demo bench-convert \
 	bench-infer clean label-install label-serve test-label
 
 install: $(INSTALLED)
@@ -55,6 +55,11 @@ evaluate: install
 	$(BUNDLE_RUN) --config_file "['bundle/configs/train.json','bundle/configs/evaluate.json']" \
 		--dataset_dir $(DATA) --fold $(FOLD) --output_dir $(OUT)/eval
 	$(PY) -m spine_seg.evaluation_table $(OUT)/eval --dataset-json $(DATA)/dataset.json
+
+# Expert labels: implausible outlines, and each case's levels against the set (offsets from make evaluate if run)
+audit-labels: convert-data
+	$(PY) -m spine_seg.label_audit $(DATA)/dataset.json --out $(OUT)/label_audit.csv \
+		$(if $(wildcard $(OUT)/eval/pred),--eval-dir $(OUT)/eval)
 
 report: install
 	$(PY) -m spine_seg.report --eval-dir $(OUT)/eval --run-dir $(RUN_DIR)/fine --dataset-json $(DATA)/dataset.json \
