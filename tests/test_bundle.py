@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.networks.nets import BasicUNet
+from monai.bundle import ConfigParser
 
 from data_prep.convert import convert
 from spine_seg.dicom_io import read_radiograph
 from spine_seg.export import ExportFormat, export_dir
+from spine_seg.model_export import build_network
 from spine_seg.nifti_io import read_nifti
 from spine_seg.phantom import write_challenge_folder
 from spine_seg.predict import predict
@@ -88,12 +89,21 @@ def evaluate(phantom_data: Path, trained: dict, ckpt: Path, out: Path) -> float:
     return mean_dice(out)
 
 
+@pytest.mark.parametrize("net_id", ["network_def", "coarse_network_def"])
+def test_training_and_inference_configs_build_the_same_networks(net_id: str) -> None:
+    """The standalone inference.json repeats train.json's two networks: their weights must fit each other."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    trained = {k: v.shape for k, v in parser.get_parsed_content(net_id).state_dict().items()}
+    served = {k: v.shape for k, v in build_network(BUNDLE, net_id).state_dict().items()}
+    assert trained == served
+
+
 def test_training_beats_untrained_model(phantom_data: Path, trained: dict, tmp_path: Path) -> None:
     assert trained["ckpt"].is_file() and trained["coarse"].is_file(), trained["log"][-3000:]
     untrained = tmp_path / "untrained.pt"
     torch.manual_seed(0)
-    net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=7, features=(16, 16, 32, 64, 128, 16))
-    torch.save(net.state_dict(), untrained)
+    torch.save(build_network(BUNDLE).state_dict(), untrained)
     before = evaluate(phantom_data, trained, untrained, tmp_path / "eval0")
     after = evaluate(phantom_data, trained, trained["ckpt"], tmp_path / "eval1")
     assert after > before + 0.3, f"trained mean Dice {after:.3f} vs untrained {before:.3f}"
