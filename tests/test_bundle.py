@@ -61,7 +61,7 @@ def trained(phantom_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     """Both stages trained briefly through ``python -m monai.bundle run training`` (the design card's command):
     the coarse whole-image network (``train.json`` + ``train_coarse.json``), then the fine one on the crops."""
     work = tmp_path_factory.mktemp("train")
-    common = ["--dataset_dir", str(phantom_data), "--ckpt_dir", str(work / "models"), "--max_epochs", "12",
+    common = ["--dataset_dir", str(phantom_data), "--ckpt_dir", str(work / "models"), "--max_epochs", "16",
               "--learning_rate", "0.01"]
     coarse_log = bundle_run(
         "run", "training", "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'train_coarse.json'}']",
@@ -123,12 +123,12 @@ def test_interrupted_training_resumes(trained: dict, phantom_data: Path) -> None
     assert ckpts, "training left no resumable checkpoint"
     log = bundle_run(
         "run", "training", "--config_file", str(CONFIGS / "train.json"), "--dataset_dir", str(phantom_data),
-        "--run_dir", str(run_dir), "--ckpt_dir", str(trained["work"] / "models"), "--max_epochs", "13",
+        "--run_dir", str(run_dir), "--ckpt_dir", str(trained["work"] / "models"), "--max_epochs", "17",
         "--learning_rate", "0.01", *SMALL,
     )
-    assert "Epoch: 13/13" in log
-    assert "Epoch: 1/13" not in log, "training restarted from scratch instead of resuming"
-    assert (run_dir / "checkpoint_epoch=13.pt").is_file()
+    assert "Epoch: 17/17" in log
+    assert "Epoch: 1/17" not in log, "training restarted from scratch instead of resuming"
+    assert (run_dir / "checkpoint_epoch=17.pt").is_file()
 
 
 def test_inference_restores_original_size_and_exports(trained: dict, phantom_data: Path, tmp_path: Path) -> None:
