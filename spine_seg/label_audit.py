@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from spine_seg.anatomy import order_problems
+from spine_seg.anatomy import centroid_rows, order_problems
 from spine_seg.atomic import write_text_atomic
 from spine_seg.evaluation_table import level_shift
 from spine_seg.nifti_io import read_nifti
@@ -57,13 +57,9 @@ class LabelGeometry:
 def measure(label: np.ndarray, num_structures: int, names: list[str] | None = None) -> LabelGeometry:
     """Centroids, areas and plausibility flags of an ``R x C`` class map."""
     names = names or [str(k) for k in range(1, num_structures + 1)]
-    index = np.arange(1, num_structures + 1)
-    ones = np.ones_like(label, dtype=np.uint8)
-    areas = ndimage.sum_labels(ones, label, index).astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rows = np.array([c[0] for c in ndimage.center_of_mass(ones, label, index)], dtype=float)
-    absent = areas == 0
-    areas[absent], rows[absent] = np.nan, np.nan
+    areas = ndimage.sum_labels(np.ones_like(label, dtype=np.uint8), label, np.arange(1, num_structures + 1))
+    areas = np.where(areas > 0, areas, np.nan)
+    rows = np.array([np.nan if r is None else r for r in centroid_rows(label, num_structures)], dtype=float)
     flags = order_problems(label, num_structures, names)
     median_area = np.nanmedian(areas) if np.any(~np.isnan(areas)) else np.nan
     flags += [
@@ -96,18 +92,17 @@ def audit(dataset_json: str | Path, eval_dir: str | Path | None = None, progress
     meta = json.loads(dataset_json.read_text())
     names = [meta["labels"][str(k)] for k in range(1, len(meta["labels"]))]
     cases = meta["training"]
-    geometries = [
-        measure(read_nifti(dataset_json.parent / c["label"]).astype(np.uint8), len(names), names)
-        for c in tqdm(cases, desc="audit", unit="label", disable=not progress)
-    ]
-    z = level_z(geometries)
+    preds = {} if eval_dir is None else {
+        p.name.removesuffix("_seg.nii.gz"): p for p in (Path(eval_dir) / "pred").glob("*_seg.nii.gz")
+    }
+    geometries: list[LabelGeometry] = []
     offsets: dict[str, int] = {}
-    if eval_dir is not None:
-        for pred_path in sorted((Path(eval_dir) / "pred").glob("*_seg.nii.gz")):
-            cid = pred_path.name.removesuffix("_seg.nii.gz")
-            case = next(c for c in cases if c["id"] == cid)
-            label = read_nifti(dataset_json.parent / case["label"]).astype(np.uint8)
-            offsets[cid] = level_shift(read_nifti(pred_path).astype(np.uint8), label, len(names))
+    for case in tqdm(cases, desc="audit", unit="label", disable=not progress):
+        label = read_nifti(dataset_json.parent / case["label"]).astype(np.uint8)
+        geometries.append(measure(label, len(names), names))
+        if case["id"] in preds:
+            offsets[case["id"]] = level_shift(read_nifti(preds[case["id"]]).astype(np.uint8), label, len(names))
+    z = level_z(geometries)
     csv = ["id,fold,level_z,level_offset,flags"] + [
         f"{c['id']},{c.get('fold', '')},{zi:.3f},{offsets.get(c['id'], '')},\"{'; '.join(g.flags)}\""
         for c, g, zi in zip(cases, geometries, z, strict=True)
