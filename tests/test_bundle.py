@@ -99,6 +99,15 @@ def test_training_and_inference_configs_build_the_same_networks(net_id: str) -> 
     assert trained == served
 
 
+@pytest.mark.parametrize("key", ["spatial_size", "coarse_spatial_size", "crop_margins", "num_classes"])
+def test_training_and_inference_configs_use_the_same_grids(key: str) -> None:
+    """The weights only fit the grids and crop they were trained on: inference.json must repeat train.json's."""
+    trained, served = ConfigParser(), ConfigParser()
+    trained.read_config(str(CONFIGS / "train.json"))
+    served.read_config(str(CONFIGS / "inference.json"))
+    assert trained.get_parsed_content(key) == served.get_parsed_content(key)
+
+
 def test_training_beats_untrained_model(phantom_data: Path, trained: dict, tmp_path: Path) -> None:
     assert trained["ckpt"].is_file() and trained["coarse"].is_file(), trained["log"][-3000:]
     untrained = tmp_path / "untrained.pt"
