@@ -113,3 +113,24 @@ def test_coarse_stage_writes_a_full_size_label_map(tmp_path: Path) -> None:
     assert out["spine_mask"].shape == (1, 90, 50) and out["spine_mask"].dtype == torch.uint8
     assert int(out["spine_mask"].max()) <= 6
     assert torch.equal(out["image"], image), "the image itself is not changed"
+
+
+def test_training_crops_from_the_shrunk_image_match_the_full_size_crops() -> None:
+    """train.json shrinks image and label to ``train_longest_side`` before caching; the stage-2 crop cut from
+    that must show the same anatomy, on the same grid, as the crop cut from the full-size radiograph."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[1] / "bundle" / "configs" / "train.json"))
+    shrink, crop, to_grid = (parser.get_parsed_content(k) for k in ("train#shrink", "spine_crop", "label_resize"))
+    labels = ladder(shape=(3000, 1100), top=900, height=150, gap=30, cols=(400, 700))
+    image = (labels > 0).float() * 100 + 20
+    full = {"image": MetaTensor(image), "label": MetaTensor(labels)}
+    small = shrink(dict(full))
+    assert max(small["label"].shape[1:]) == parser.get_parsed_content("train_longest_side")
+    assert small["label"].unique().tolist() == list(range(7))
+    grids = [to_grid(Resized("image", parser.get_parsed_content("spatial_size"))(crop(d))) for d in (full, small)]
+    assert grids[0]["label"].shape == grids[1]["label"].shape == (1, *parser.get_parsed_content("spatial_size"))
+    agree = (grids[0]["label"] == grids[1]["label"]).float().mean()
+    assert agree > 0.99, f"the label crops agree on {agree:.3f} of the grid"
+    assert (grids[0]["image"] - grids[1]["image"]).abs().mean() < 0.02 * 100
