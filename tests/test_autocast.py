@@ -71,3 +71,14 @@ def test_bundle_trains_stage_2_in_bf16_where_the_cpu_has_it_and_stage_1_in_float
     parser.read_config([str(Path(__file__).resolve().parents[1] / "bundle" / "configs" / c) for c in configs])
     inferer = parser.get_parsed_content("train#inferer")
     assert isinstance(inferer, AutocastInferer) and inferer.enabled is expected
+
+
+@pytest.mark.parametrize(("given", "expected"), [("false", False), ("False", False), ("0", False), ("true", True),
+                                                 ("TRUE", True), (False, False), (1, True)])
+def test_command_line_strings_are_read_not_truth_tested(given: object, expected: bool) -> None:
+    assert AutocastInferer(enabled=given).enabled is expected
+
+
+def test_unreadable_switch_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"cpu_bf16\): Got \"maybe\", expected"):
+        AutocastInferer(enabled="maybe")

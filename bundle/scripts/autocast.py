@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from monai.inferers import SimpleInferer
+from monai.utils import str2bool
 
 
 def cpu_has_bf16() -> bool:
@@ -23,10 +24,14 @@ class AutocastInferer(SimpleInferer):
     """
 
     def __init__(
-        self, enabled: bool | None = None, device_type: str = "cpu", dtype: torch.dtype = torch.bfloat16
+        self, enabled: bool | str | None = None, device_type: str = "cpu", dtype: torch.dtype = torch.bfloat16
     ) -> None:
         super().__init__()
-        self.enabled = cpu_has_bf16() if enabled is None else bool(enabled)
+        try:  # a command line gives strings (``--cpu_bf16 false``): read them, do not truth-test them
+            self.enabled = cpu_has_bf16() if enabled is None else str2bool(
+                enabled if isinstance(enabled, str) else bool(enabled))
+        except ValueError as err:
+            raise ValueError(f"AutocastInferer enabled (the bundle's cpu_bf16): {err}") from err
         self.device_type = device_type
         self.dtype = dtype
 
