@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
@@ -65,8 +66,6 @@ def test_non_tensor_outputs_pass_through(enabled: bool) -> None:
                                                    (["train.json", "train_coarse.json"], False)])
 def test_bundle_trains_stage_2_in_bf16_where_the_cpu_has_it_and_stage_1_in_float32(configs: list[str],
                                                                                    expected: bool) -> None:
-    from monai.bundle import ConfigParser
-
     parser = ConfigParser()
     parser.read_config([str(Path(__file__).resolve().parents[1] / "bundle" / "configs" / c) for c in configs])
     inferer = parser.get_parsed_content("train#inferer")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.networks.nets import BasicUNet
 from monai.transforms import Compose, Invertd, Resized
@@ -118,8 +119,6 @@ def test_coarse_stage_writes_a_full_size_label_map(tmp_path: Path) -> None:
 def test_training_crops_from_the_shrunk_image_match_the_full_size_crops() -> None:
     """train.json shrinks image and label to ``train_longest_side`` before caching; the stage-2 crop cut from
     that must show the same anatomy, on the same grid, as the crop cut from the full-size radiograph."""
-    from monai.bundle import ConfigParser
-
     parser = ConfigParser()
     parser.read_config(str(Path(__file__).resolve().parents[1] / "bundle" / "configs" / "train.json"))
     shrink, crop, to_grid = (parser.get_parsed_content(k) for k in ("train#shrink", "spine_crop", "label_resize"))

@@ -28,8 +28,10 @@ class AutocastInferer(SimpleInferer):
     ) -> None:
         super().__init__()
         try:  # a command line gives strings (``--cpu_bf16 false``): read them, do not truth-test them
-            self.enabled = cpu_has_bf16() if enabled is None else str2bool(
-                enabled if isinstance(enabled, str) else bool(enabled))
+            if enabled is None:
+                self.enabled = cpu_has_bf16()
+            else:
+                self.enabled = str2bool(enabled) if isinstance(enabled, str) else bool(enabled)
         except ValueError as err:
             raise ValueError(f"AutocastInferer enabled (the bundle's cpu_bf16): {err}") from err
         self.device_type = device_type
