@@ -12,6 +12,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.networks.nets import BasicUNet
 from monai.transforms import Compose, Invertd, Resized
+from scipy import ndimage
 
 from spine_seg.onnx_predict import box_slices, resize_nearest, spine_box
 
@@ -133,3 +134,31 @@ def test_training_crops_from_the_shrunk_image_match_the_full_size_crops() -> Non
     agree = (grids[0]["label"] == grids[1]["label"]).float().mean()
     assert agree > 0.99, f"the label crops agree on {agree:.3f} of the grid"
     assert (grids[0]["image"] - grids[1]["image"]).abs().mean() < 0.02 * 100
+
+
+def _label_offset(mode: str, spatial_size: list[int]) -> np.ndarray:
+    """Mean (rows, columns) offset, in grid pixels, of a resized label's centre from its resized image's, over
+    boxes at 40 sub-pixel positions of a 1000 x 500 image taken down to ``spatial_size`` (about 4x)."""
+    rng = np.random.default_rng(0)
+    offsets = []
+    for _ in range(40):
+        r, c = rng.integers(200, 600), rng.integers(100, 300)
+        label = torch.zeros(1, 1000, 500)
+        label[0, r : r + 120, c : c + 130] = 1
+        grid = Resized(["image", "label"], spatial_size, mode=["bilinear", mode], anti_aliasing=[True, False])(
+            {"image": label.clone(), "label": label})
+        offsets.append([ndimage.center_of_mass(grid[k][0].numpy()) for k in ("label", "image")])
+    return np.diff(np.array(offsets), axis=1)[:, 0].mean(0) * -1
+
+
+def test_training_labels_stay_centred_on_their_images() -> None:
+    """train.json's label resizing (``label_resize_mode``, also used by ``train#shrink``) keeps each label on its
+    image: torch's legacy ``nearest`` samples the first source pixel of each cell and moves a 4x-downsampled
+    label about 0.4 grid pixels down and right, which the network then learns and predicts."""
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[1] / "bundle" / "configs" / "train.json"))
+    mode, size = parser.get_parsed_content("label_resize_mode"), parser.get_parsed_content("spatial_size")
+    assert parser.get_parsed_content("label_resize").mode[0] == mode
+    assert parser.get_parsed_content("train#shrink").mode[1] == mode
+    assert np.abs(_label_offset(mode, size)).max() < 0.1
+    assert (_label_offset("nearest", size) > 0.3).all()  # the legacy mode this replaces fails the check above
