@@ -16,7 +16,8 @@ from scipy import ndimage
 
 from spine_seg.onnx_predict import box_slices, resize_nearest, spine_box
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
+BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+sys.path.insert(0, str(BUNDLE))
 from scripts.spine_crop import CoarseSpineMaskd, RandSpineBoxCropd, SpineBoxCrop, SpineBoxCropd  # noqa: E402
 
 
@@ -28,6 +29,13 @@ def ladder(shape: tuple[int, int] = (300, 120), top: int = 80, height: int = 18,
         r = top + k * (height + gap)
         labels[0, r : r + height, cols[0] : cols[1]] = k + 1
     return labels
+
+
+def train_config() -> ConfigParser:
+    """The bundle's ``train.json``, read."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    return parser
 
 
 def test_box_holds_the_vertebrae_with_margins_and_the_aspect() -> None:
@@ -120,8 +128,7 @@ def test_coarse_stage_writes_a_full_size_label_map(tmp_path: Path) -> None:
 def test_training_crops_from_the_shrunk_image_match_the_full_size_crops() -> None:
     """train.json shrinks image and label to ``train_longest_side`` before caching; the stage-2 crop cut from
     that must show the same anatomy, on the same grid, as the crop cut from the full-size radiograph."""
-    parser = ConfigParser()
-    parser.read_config(str(Path(__file__).resolve().parents[1] / "bundle" / "configs" / "train.json"))
+    parser = train_config()
     shrink, crop, to_grid = (parser.get_parsed_content(k) for k in ("train#shrink", "spine_crop", "label_resize"))
     labels = ladder(shape=(3000, 1100), top=900, height=150, gap=30, cols=(400, 700))
     image = (labels > 0).float() * 100 + 20
@@ -147,16 +154,15 @@ def _label_offset(mode: str, spatial_size: list[int]) -> np.ndarray:
         label[0, r : r + 120, c : c + 130] = 1
         grid = Resized(["image", "label"], spatial_size, mode=["bilinear", mode], anti_aliasing=[True, False])(
             {"image": label.clone(), "label": label})
-        offsets.append([ndimage.center_of_mass(grid[k][0].numpy()) for k in ("label", "image")])
-    return np.diff(np.array(offsets), axis=1)[:, 0].mean(0) * -1
+        offsets.append(np.subtract(*(ndimage.center_of_mass(grid[k][0].numpy()) for k in ("label", "image"))))
+    return np.mean(offsets, axis=0)
 
 
 def test_training_labels_stay_centred_on_their_images() -> None:
     """train.json's label resizing (``label_resize_mode``, also used by ``train#shrink``) keeps each label on its
     image: torch's legacy ``nearest`` samples the first source pixel of each cell and moves a 4x-downsampled
-    label about 0.4 grid pixels down and right, which the network then learns and predicts."""
-    parser = ConfigParser()
-    parser.read_config(str(Path(__file__).resolve().parents[1] / "bundle" / "configs" / "train.json"))
+    label about half a grid pixel down and right, which the network then learns and predicts."""
+    parser = train_config()
     mode, size = parser.get_parsed_content("label_resize_mode"), parser.get_parsed_content("spatial_size")
     assert parser.get_parsed_content("label_resize").mode[0] == mode
     assert parser.get_parsed_content("train#shrink").mode[1] == mode
