@@ -8,9 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from monai.bundle import ConfigParser
 
 from data_prep.convert import Report, convert
 from spine_seg.phantom import write_challenge_folder
+from spine_seg.predict import DEFAULT_BUNDLE
 
 # Small, non-square and asymmetric so that a swapped or flipped axis changes the shape or the content.
 SMALL_SHAPE = (64, 48)
@@ -53,6 +55,18 @@ def hash_tree(root: Path) -> dict[str, str]:
 @pytest.fixture
 def tree_hash() -> Callable[[Path], dict[str, str]]:
     return hash_tree
+
+
+def read_bundle_config(*names: str) -> ConfigParser:
+    """The bundle's ``configs/<name>`` files, read in order (later ones override earlier ones)."""
+    parser = ConfigParser()
+    parser.read_config([str(DEFAULT_BUNDLE / "configs" / name) for name in names])
+    return parser
+
+
+@pytest.fixture
+def bundle_config() -> Callable[..., ConfigParser]:
+    return read_bundle_config
 
 
 @pytest.fixture

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
+from spine_seg.predict import DEFAULT_BUNDLE
+
+sys.path.insert(0, str(DEFAULT_BUNDLE))
 from scripts.autocast import AutocastInferer, cpu_has_bf16  # noqa: E402
 
 
@@ -64,10 +66,9 @@ def test_non_tensor_outputs_pass_through(enabled: bool) -> None:
 
 @pytest.mark.parametrize(("configs", "expected"), [(["train.json"], cpu_has_bf16()),
                                                    (["train.json", "train_coarse.json"], False)])
-def test_bundle_trains_stage_2_in_bf16_where_the_cpu_has_it_and_stage_1_in_float32(configs: list[str],
-                                                                                   expected: bool) -> None:
-    parser = ConfigParser()
-    parser.read_config([str(Path(__file__).resolve().parents[1] / "bundle" / "configs" / c) for c in configs])
+def test_bundle_trains_stage_2_in_bf16_where_the_cpu_has_it_and_stage_1_in_float32(
+        configs: list[str], expected: bool, bundle_config: Callable[..., ConfigParser]) -> None:
+    parser = bundle_config(*configs)
     inferer = parser.get_parsed_content("train#inferer")
     assert isinstance(inferer, AutocastInferer) and inferer.enabled is expected
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -90,21 +91,19 @@ def evaluate(phantom_data: Path, trained: dict, ckpt: Path, out: Path) -> float:
 
 
 @pytest.mark.parametrize("net_id", ["network_def", "coarse_network_def"])
-def test_training_and_inference_configs_build_the_same_networks(net_id: str) -> None:
+def test_training_and_inference_configs_build_the_same_networks(
+        net_id: str, bundle_config: Callable[..., ConfigParser]) -> None:
     """The standalone inference.json repeats train.json's two networks: their weights must fit each other."""
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "train.json"))
-    trained = {k: v.shape for k, v in parser.get_parsed_content(net_id).state_dict().items()}
+    trained = {k: v.shape for k, v in bundle_config("train.json").get_parsed_content(net_id).state_dict().items()}
     served = {k: v.shape for k, v in build_network(BUNDLE, net_id).state_dict().items()}
     assert trained == served
 
 
 @pytest.mark.parametrize("key", ["spatial_size", "coarse_spatial_size", "crop_margins", "num_classes"])
-def test_training_and_inference_configs_use_the_same_grids(key: str) -> None:
+def test_training_and_inference_configs_use_the_same_grids(
+        key: str, bundle_config: Callable[..., ConfigParser]) -> None:
     """The weights only fit the grids and crop they were trained on: inference.json must repeat train.json's."""
-    trained, served = ConfigParser(), ConfigParser()
-    trained.read_config(str(CONFIGS / "train.json"))
-    served.read_config(str(CONFIGS / "inference.json"))
+    trained, served = bundle_config("train.json"), bundle_config("inference.json")
     assert trained.get_parsed_content(key) == served.get_parsed_content(key)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,11 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "aasce"
     ("weights", "net_id", "grid"),
     [("model.pt", "network_def", "spatial_size"), ("coarse.pt", "coarse_network_def", "coarse_spatial_size")],
 )
-def test_shipped_weights_load_into_the_bundle_network(weights: str, net_id: str, grid: str) -> None:
+def test_shipped_weights_load_into_the_bundle_network(weights: str, net_id: str, grid: str,
+                                                      bundle_config: Callable[..., ConfigParser]) -> None:
     path = DEFAULT_BUNDLE / "models" / weights
     assert path.is_file(), f"{path} is missing: the bundle must ship trained weights (make train)"
-    parser = ConfigParser()
-    parser.read_config(str(DEFAULT_BUNDLE / "configs" / "inference.json"))
+    parser = bundle_config("inference.json")
     network = parser.get_parsed_content(net_id)
     state = torch.load(path, map_location="cpu", weights_only=True)
     missing, unexpected = network.load_state_dict(state.get("model", state), strict=True)

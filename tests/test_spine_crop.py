@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,9 @@ from monai.transforms import Compose, Invertd, Resized
 from scipy import ndimage
 
 from spine_seg.onnx_predict import box_slices, resize_nearest, spine_box
+from spine_seg.predict import DEFAULT_BUNDLE
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
-sys.path.insert(0, str(BUNDLE))
+sys.path.insert(0, str(DEFAULT_BUNDLE))
 from scripts.spine_crop import CoarseSpineMaskd, RandSpineBoxCropd, SpineBoxCrop, SpineBoxCropd  # noqa: E402
 
 
@@ -29,13 +30,6 @@ def ladder(shape: tuple[int, int] = (300, 120), top: int = 80, height: int = 18,
         r = top + k * (height + gap)
         labels[0, r : r + height, cols[0] : cols[1]] = k + 1
     return labels
-
-
-def train_config() -> ConfigParser:
-    """The bundle's ``train.json``, read."""
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "train.json"))
-    return parser
 
 
 def test_box_holds_the_vertebrae_with_margins_and_the_aspect() -> None:
@@ -125,10 +119,11 @@ def test_coarse_stage_writes_a_full_size_label_map(tmp_path: Path) -> None:
     assert torch.equal(out["image"], image), "the image itself is not changed"
 
 
-def test_training_crops_from_the_shrunk_image_match_the_full_size_crops() -> None:
+def test_training_crops_from_the_shrunk_image_match_the_full_size_crops(
+        bundle_config: Callable[..., ConfigParser]) -> None:
     """train.json shrinks image and label to ``train_longest_side`` before caching; the stage-2 crop cut from
     that must show the same anatomy, on the same grid, as the crop cut from the full-size radiograph."""
-    parser = train_config()
+    parser = bundle_config("train.json")
     shrink, crop, to_grid = (parser.get_parsed_content(k) for k in ("train#shrink", "spine_crop", "label_resize"))
     labels = ladder(shape=(3000, 1100), top=900, height=150, gap=30, cols=(400, 700))
     image = (labels > 0).float() * 100 + 20
@@ -158,11 +153,11 @@ def _label_offset(mode: str, spatial_size: list[int]) -> np.ndarray:
     return np.mean(offsets, axis=0)
 
 
-def test_training_labels_stay_centred_on_their_images() -> None:
+def test_training_labels_stay_centred_on_their_images(bundle_config: Callable[..., ConfigParser]) -> None:
     """train.json's label resizing (``label_resize_mode``, also used by ``train#shrink``) keeps each label on its
     image: torch's legacy ``nearest`` samples the first source pixel of each cell and moves a 4x-downsampled
     label about half a grid pixel down and right, which the network then learns and predicts."""
-    parser = train_config()
+    parser = bundle_config("train.json")
     mode, size = parser.get_parsed_content("label_resize_mode"), parser.get_parsed_content("spatial_size")
     assert parser.get_parsed_content("label_resize").mode[0] == mode
     assert parser.get_parsed_content("train#shrink").mode[1] == mode
