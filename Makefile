@@ -52,12 +52,15 @@ train: convert-data
 		--dataset_dir $(DATA) --fold $(FOLD) --run_dir $(RUN_DIR)/fine 2>&1 | tee -a $(RUN_DIR)/fine/train.log
 
 # EVAL_ARGS: bundle overrides, e.g. "--validate#spine_crop#source_key label" (boxes from the expert label: an
-# upper bound for stage 1, evaluation only); EVAL_OUT: where to write (default out/eval)
+# upper bound for stage 1, evaluation only); EVAL_OUT: where to write (default out/eval); EVAL_BASE: an earlier
+# evaluation folder to compare with, case by case (mean difference, bootstrap 95 % CI, Wilcoxon p)
 EVAL_OUT ?= $(OUT)/eval
+EVAL_BASE ?=
 evaluate: install
 	$(BUNDLE_RUN) --config_file "['bundle/configs/train.json','bundle/configs/evaluate.json']" \
 		--dataset_dir $(DATA) --fold $(FOLD) --output_dir $(EVAL_OUT) $(EVAL_ARGS)
 	$(PY) -m spine_seg.evaluation_table $(EVAL_OUT) --dataset-json $(DATA)/dataset.json
+	$(if $(EVAL_BASE),$(PY) -m spine_seg.eval_compare $(EVAL_OUT) $(EVAL_BASE))
 
 # Expert labels: implausible outlines, and each case's levels against the set (offsets from make evaluate if run)
 audit-labels: convert-data
