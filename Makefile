@@ -53,14 +53,15 @@ train: convert-data
 
 # EVAL_ARGS: bundle overrides, e.g. "--validate#spine_crop#source_key label" (boxes from the expert label: an
 # upper bound for stage 1, evaluation only); EVAL_OUT: where to write (default out/eval); EVAL_BASE: an earlier
-# evaluation folder to compare with, case by case (mean difference, bootstrap 95 % CI, Wilcoxon p)
+# evaluation folder to compare with, case by case (mean difference, bootstrap 95 % CI, Wilcoxon p), on all cases
+# and on those both name right
 EVAL_OUT ?= $(OUT)/eval
 EVAL_BASE ?=
 evaluate: install
 	$(BUNDLE_RUN) --config_file "['bundle/configs/train.json','bundle/configs/evaluate.json']" \
 		--dataset_dir $(DATA) --fold $(FOLD) --output_dir $(EVAL_OUT) $(EVAL_ARGS)
 	$(PY) -m spine_seg.evaluation_table $(EVAL_OUT) --dataset-json $(DATA)/dataset.json
-	$(if $(EVAL_BASE),$(PY) -m spine_seg.eval_compare $(EVAL_OUT) $(EVAL_BASE))
+	$(if $(EVAL_BASE),$(PY) -m spine_seg.eval_compare $(EVAL_OUT) $(EVAL_BASE) --levels-right $(DATA)/labelsTr)
 
 # Expert labels: implausible outlines, and each case's levels against the set (offsets from make evaluate if run)
 audit-labels: convert-data

@@ -3,6 +3,9 @@
 ``python -m spine_seg.eval_compare NEW_EVAL_DIR BASE_EVAL_DIR`` prints, for the per-case mean Dice over the
 vertebrae, the mean difference NEW − BASE with a 95 % bootstrap confidence interval (BCa, cases resampled,
 seeded), the Wilcoxon signed-rank p-value, and how many cases got better or worse by more than ``--tie``.
+``--levels-right LABELS_DIR`` repeats the comparison on the cases that both evaluations name right (level
+offset 0 against the expert labels in LABELS_DIR; both folders need their ``pred/``), which separates the
+outlines from the naming.
 With 95 cases, a gain whose interval includes 0 may be noise: one case named a level differently moves
 its mean Dice by about 0.7.
 """
@@ -18,7 +21,7 @@ import numpy as np
 from scipy import stats
 
 from spine_seg.errors import InputFileError
-from spine_seg.evaluation_table import read_raw
+from spine_seg.evaluation_table import case_levels, read_raw
 
 
 @dataclass(frozen=True)
@@ -82,10 +85,22 @@ def paired_difference(
     )
 
 
-def compare(new_dir: str | Path, base_dir: str | Path, tie: float = 0.01, seed: int = 0) -> PairedDifference:
-    """Compare two evaluation folders on the cases they share (raises if they share none)."""
+def compare(
+    new_dir: str | Path,
+    base_dir: str | Path,
+    tie: float = 0.01,
+    seed: int = 0,
+    levels_right: str | Path | None = None,
+) -> PairedDifference:
+    """Compare two evaluation folders on the cases they share (raises if they share fewer than two).
+
+    With ``levels_right`` (the expert labels' folder), only the cases whose levels both name right count.
+    """
     new, base = case_means(new_dir), case_means(base_dir)
     shared = sorted(new.keys() & base.keys())
+    if levels_right is not None:
+        offsets = [case_levels(d, levels_right) for d in (new_dir, base_dir)]
+        shared = [c for c in shared if all(c in o and o[c].offset == 0 for o in offsets)]
     if len(shared) < 2:
         raise InputFileError(new_dir, f"shares {len(shared)} cases with {base_dir}; nothing to compare")
     return paired_difference(np.array([new[c] for c in shared]), np.array([base[c] for c in shared]), tie, seed=seed)
@@ -96,9 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("new_eval_dir")
     parser.add_argument("base_eval_dir")
     parser.add_argument("--tie", type=float, default=0.01, help="a case counts as better/worse beyond this")
+    parser.add_argument("--levels-right", metavar="LABELS_DIR", help="also compare the cases both name right")
     args = parser.parse_args(argv)
     try:
         print(compare(args.new_eval_dir, args.base_eval_dir, args.tie))
+        if args.levels_right:
+            result = compare(args.new_eval_dir, args.base_eval_dir, args.tie, levels_right=args.levels_right)
+            print(f"levels named right in both: {result}")
     except InputFileError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

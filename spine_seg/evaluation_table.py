@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -86,22 +87,42 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * float((a & b).sum()) / total if total else 1.0
 
 
+@dataclass(frozen=True)
+class CaseLevels:
+    """How one prediction names the levels: whole-spine Dice, level offset (see ``level_shift``) and mean
+    per-vertebra Dice."""
+
+    spine_dice: float
+    offset: int
+    mean_dice: float
+
+
+def case_levels(eval_dir: str | Path, labels_dir: str | Path, num_structures: int = 6) -> dict[str, CaseLevels]:
+    """Label file name (``NNN.nii.gz``) -> ``CaseLevels`` for each ``EVAL_DIR/pred/NNN_seg.nii.gz``."""
+    from spine_seg.nifti_io import read_nifti
+
+    cases = {}
+    for pred_path in sorted((Path(eval_dir) / "pred").glob("*_seg.nii.gz")):
+        name = pred_path.name.replace("_seg.nii.gz", ".nii.gz")
+        pred = read_nifti(pred_path).astype(np.uint8)
+        label = read_nifti(Path(labels_dir) / name).astype(np.uint8)
+        cases[name] = CaseLevels(
+            spine_dice=dice(pred > 0, label > 0),
+            offset=level_shift(pred, label, num_structures),
+            mean_dice=float(np.mean([dice(pred == k, label == k) for k in range(1, num_structures + 1)])),
+        )
+    return cases
+
+
 def level_summary(eval_dir: str | Path, labels_dir: str | Path, num_structures: int = 6) -> str:
     """Whole-spine Dice (all vertebrae as one), how many cases have their levels shifted, and the mean
     per-vertebra Dice of the cases whose levels are named right (offset 0)."""
-    from spine_seg.nifti_io import read_nifti
-
-    spine_dice, shifts, right = [], [], []
-    for pred_path in sorted((Path(eval_dir) / "pred").glob("*_seg.nii.gz")):
-        pred = read_nifti(pred_path).astype(np.uint8)
-        label = read_nifti(Path(labels_dir) / pred_path.name.replace("_seg.nii.gz", ".nii.gz")).astype(np.uint8)
-        spine_dice.append(dice(pred > 0, label > 0))
-        shifts.append(level_shift(pred, label, num_structures))
-        if shifts[-1] == 0:
-            right.append(np.mean([dice(pred == k, label == k) for k in range(1, num_structures + 1)]))
+    cases = list(case_levels(eval_dir, labels_dir, num_structures).values())
+    shifts = [c.offset for c in cases]
+    right = [c.mean_dice for c in cases if c.offset == 0]
     counts = {s: shifts.count(s) for s in sorted(set(shifts))}
     return (
-        f"whole-spine Dice (levels ignored): {np.mean(spine_dice):.3f}; "
+        f"whole-spine Dice (levels ignored): {np.mean([c.spine_dice for c in cases]):.3f}; "
         f"cases by level offset: {', '.join(f'{k:+d}: {v}' for k, v in counts.items())}; "
         f"mean Dice of the {len(right)} cases at offset 0: {np.mean(right) if right else float('nan'):.3f}"
     )

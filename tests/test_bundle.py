@@ -20,10 +20,10 @@ from spine_seg.export import ExportFormat, export_dir
 from spine_seg.model_export import build_network
 from spine_seg.nifti_io import read_nifti
 from spine_seg.phantom import write_challenge_folder
+from spine_seg.predict import DEFAULT_BUNDLE as BUNDLE
 from spine_seg.predict import predict
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundle"
+REPO = BUNDLE.parent
 CONFIGS = BUNDLE / "configs"
 # Small grids and short schedules: phantoms are simple, CI has two CPU cores.
 SCHEDULE = ["--num_workers", "0", "--batch_size", "4", "--val_interval", "1"]

@@ -9,6 +9,8 @@ import pytest
 
 from spine_seg.errors import InputFileError
 from spine_seg.eval_compare import compare, main, paired_difference
+from spine_seg.nifti_io import write_nifti
+from spine_seg.phantom import make_phantom
 
 
 def write_eval(folder: Path, cases: dict[str, tuple[float, float]]) -> Path:
@@ -63,3 +65,24 @@ def test_a_missing_evaluation_names_the_file(tmp_path: Path, capsys: pytest.Capt
         compare(tmp_path / "absent", base)
     assert main([str(tmp_path / "absent"), str(base)]) == 2
     assert "absent/val_mean_dice_raw.csv: not found" in capsys.readouterr().err
+
+
+def test_levels_right_keeps_only_the_cases_both_name_right(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, label = make_phantom((200, 100), seed=4)
+    one_too_high = np.where(label > 1, label - 1, 0).astype(np.uint8)
+    cases = {"a.nii.gz": (0.9, 0.9), "b.nii.gz": (0.2, 0.2), "c.nii.gz": (0.8, 0.6)}
+    new = write_eval(tmp_path / "new", cases)
+    base = write_eval(tmp_path / "base", {name: (0.5, 0.5) for name in cases})
+    for name in cases:
+        write_nifti(tmp_path / "labels" / name, label)
+        pred_name = name.replace(".nii.gz", "_seg.nii.gz")
+        write_nifti(base / "pred" / pred_name, label)
+        write_nifti(new / "pred" / pred_name, one_too_high if name == "b.nii.gz" else label)
+    assert compare(new, base).cases == 3
+    result = compare(new, base, levels_right=tmp_path / "labels")  # b is one level off in the new evaluation
+    assert result.cases == 2 and result.mean_new == pytest.approx(0.8) and result.mean_base == pytest.approx(0.5)
+    assert main([str(new), str(base), "--levels-right", str(tmp_path / "labels")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("3 paired cases") and out[1].startswith("levels named right in both: 2 paired cases")
