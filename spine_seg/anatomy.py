@@ -1,9 +1,18 @@
-"""Anatomical plausibility checks on an ``R x C`` class map (0 background, 1..N vertebrae top to bottom)."""
+"""Anatomical plausibility checks on an ``R x C`` class map (0 background, 1..N vertebrae top to bottom).
+
+The same checks serve expert labels (:mod:`spine_seg.label_audit`) and predictions (``spine-seg predict``,
+``make evaluate``). None of them changes the map.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+
+# A vertebra under this fraction of the case's median vertebra area is squeezed, or drawn over by a neighbour.
+MIN_AREA_RATIO = 0.5
+# Centroid gaps outside this range, in multiples of the case's median gap, mean a skipped or doubled vertebra.
+GAP_RANGE = (0.6, 1.5)
 
 
 def centroid_rows(class_map: np.ndarray, num_structures: int) -> list[float | None]:
@@ -13,6 +22,17 @@ def centroid_rows(class_map: np.ndarray, num_structures: int) -> list[float | No
     with np.errstate(invalid="ignore", divide="ignore"):  # absent labels give NaN centres, reported as None
         centres = ndimage.center_of_mass(np.ones_like(class_map, dtype=np.uint8), class_map, labels)
     return [float(c[0]) if ok else None for c, ok in zip(centres, present, strict=True)]
+
+
+def rows_array(class_map: np.ndarray, num_structures: int) -> np.ndarray:
+    """:func:`centroid_rows` as a float array, NaN for an absent structure; shape ``(num_structures,)``."""
+    return np.array([np.nan if r is None else r for r in centroid_rows(class_map, num_structures)], dtype=float)
+
+
+def structure_areas(class_map: np.ndarray, num_structures: int) -> np.ndarray:
+    """Area (pixels) of each structure, NaN for an absent one; shape ``(num_structures,)``."""
+    areas = ndimage.sum_labels(np.ones_like(class_map, dtype=np.uint8), class_map, np.arange(1, num_structures + 1))
+    return np.where(areas > 0, areas, np.nan)
 
 
 def order_problems(class_map: np.ndarray, num_structures: int, names: list[str] | None = None) -> list[str]:
@@ -28,3 +48,34 @@ def order_problems(class_map: np.ndarray, num_structures: int, names: list[str] 
         if r2 <= r1:
             problems.append(f"{names[k2]} (row {r2:.0f}) is not below {names[k1]} (row {r1:.0f})")
     return problems
+
+
+def spacing_problems(rows: np.ndarray, areas: np.ndarray, names: list[str]) -> list[str]:
+    """Squeezed vertebrae (area under :data:`MIN_AREA_RATIO` x the median) and centroid gaps outside
+    :data:`GAP_RANGE` x the median gap (a skipped or doubled vertebra), from per-structure centroid ``rows``
+    and ``areas`` (pixels, NaN where absent)."""
+    problems: list[str] = []
+    if np.any(~np.isnan(areas)):
+        median_area = np.nanmedian(areas)
+        problems += [
+            f"{names[k]} area {a / median_area:.2f} x the median vertebra"
+            for k, a in enumerate(areas)
+            if a < MIN_AREA_RATIO * median_area
+        ]
+    present = [(k, r) for k, r in enumerate(rows) if not np.isnan(r)]
+    gaps = np.diff([r for _, r in present])
+    if gaps.size > 1:
+        ratio = gaps / np.median(gaps)
+        problems += [
+            f"{names[present[i][0]]}-{names[present[i + 1][0]]} gap {q:.2f} x the median"
+            for i, q in enumerate(ratio)
+            if not GAP_RANGE[0] <= q <= GAP_RANGE[1]
+        ]
+    return problems
+
+
+def plausibility_problems(class_map: np.ndarray, num_structures: int, names: list[str] | None = None) -> list[str]:
+    """Every check on one class map: :func:`order_problems`, then :func:`spacing_problems`. Empty if plausible."""
+    names = names or [str(k) for k in range(1, num_structures + 1)]
+    rows, areas = rows_array(class_map, num_structures), structure_areas(class_map, num_structures)
+    return order_problems(class_map, num_structures, names) + spacing_problems(rows, areas, names)

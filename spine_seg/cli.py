@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 from data_prep import cli as convert_cli
+from spine_seg.batch_report import CHECKS_FILE
+from spine_seg.evaluation_table import structure_names
 from spine_seg.export import ExportFormat, export_dir, shapes_from_dataset_json
-from spine_seg.label_layout import LAYOUTS
+from spine_seg.label_layout import LAYOUTS, num_structures
 from spine_seg.predict import BACKENDS, DEFAULT_BUNDLE, predict
 
 
@@ -26,10 +28,13 @@ def _add_format_options(parser: argparse.ArgumentParser) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     shapes = shapes_from_dataset_json(args.dataset_json) if args.dataset_json else None
-    report = export_dir(args.pred_dir, args.out_dir, _format(args), shapes, progress=not args.no_progress)
-    print(f"exported {len(report.written)} -> {args.out_dir}; bad {len(report.bad)}")
-    for line in report.bad:
-        print(f"  BAD {line}")
+    fmt = _format(args)
+    names = structure_names(args.dataset_json, num_structures(fmt.layout, fmt.channels)) if args.dataset_json else None
+    report = export_dir(args.pred_dir, args.out_dir, fmt, shapes, not args.no_progress, names)
+    print(f"exported {len(report.written)} -> {args.out_dir}; bad {len(report.bad)}; every case's status in "
+          f"{Path(args.out_dir) / CHECKS_FILE}")
+    for line in report.problem_lines():
+        print(line)
     return 0 if report.written and not report.bad else 1
 
 
@@ -52,11 +57,9 @@ def _predict(args: argparse.Namespace) -> int:
         images, args.out, _format(args), Path(args.bundle), not args.no_overlay, names, not args.no_progress,
         backend=args.backend, onnx_model=args.weights if onnx else None, dicom_seg=args.dicom_seg, **overrides,
     )
-    print(f"wrote {len(report.written)} files to {args.out}")
-    for line in report.bad:
-        print(f"  BAD {line}")
-    for case, problems in report.implausible.items():
-        print(f"  CHECK {case}: {'; '.join(problems)}")
+    print(f"wrote {len(report.written)} files to {args.out}; every case's status in {Path(args.out) / CHECKS_FILE}")
+    for line in report.problem_lines():
+        print(line)
     return 0 if report.written and not report.bad else 1
 
 

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from spine_seg.batch_report import CHECKS_FILE
 from spine_seg.predict import DEFAULT_BUNDLE, predict
 
 
@@ -31,12 +32,11 @@ def main(argv: list[str] | None = None) -> int:
         images = sorted((root / "test" / "img").glob("*.dcm"))
         print(f"demo: {args.raw} not found, so using {len(images)} generated PHANTOM radiographs in {root}")
     report = predict(images, out, bundle_dir=Path(args.bundle), structure_names=["T12", "L1", "L2", "L3", "L4", "L5"])
-    for line in report.bad:
-        print(f"  BAD {line}")
-    for case, problems in report.implausible.items():
-        print(f"  CHECK {case}: {'; '.join(problems)}")
+    for line in report.problem_lines():
+        print(line)
     npys = sorted(p for p in report.written if p.suffix == ".npy")
     print(f"demo: wrote {len(npys)} masks (.npy, R x C x 7 uint8) and their overlay PNGs to {out.resolve()}")
+    print(f"  each case's checks (ok / check / bad): {out / CHECKS_FILE}")
     for p in npys:
         print(f"  {p}  {p.with_suffix('.png')}")
     return 0 if npys and not report.bad else 1

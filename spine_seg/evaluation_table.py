@@ -89,16 +89,19 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class CaseLevels:
-    """How one prediction names the levels: whole-spine Dice, level offset (see ``level_shift``) and mean
-    per-vertebra Dice."""
+    """How one prediction names the levels: whole-spine Dice, level offset (see ``level_shift``), mean
+    per-vertebra Dice, and whether :func:`spine_seg.anatomy.plausibility_problems` flags it (as ``spine-seg
+    predict`` would, for a reader to check)."""
 
     spine_dice: float
     offset: int
     mean_dice: float
+    flagged: bool
 
 
 def case_levels(eval_dir: str | Path, labels_dir: str | Path, num_structures: int = 6) -> dict[str, CaseLevels]:
     """Label file name (``NNN.nii.gz``) -> ``CaseLevels`` for each ``EVAL_DIR/pred/NNN_seg.nii.gz``."""
+    from spine_seg.anatomy import plausibility_problems
     from spine_seg.nifti_io import read_nifti
 
     cases = {}
@@ -110,22 +113,34 @@ def case_levels(eval_dir: str | Path, labels_dir: str | Path, num_structures: in
             spine_dice=dice(pred > 0, label > 0),
             offset=level_shift(pred, label, num_structures),
             mean_dice=float(np.mean([dice(pred == k, label == k) for k in range(1, num_structures + 1)])),
+            flagged=bool(plausibility_problems(pred, num_structures)),
         )
     return cases
 
 
 def level_summary(eval_dir: str | Path, labels_dir: str | Path, num_structures: int = 6) -> str:
-    """Whole-spine Dice (all vertebrae as one), how many cases have their levels shifted, and the mean
-    per-vertebra Dice of the cases whose levels are named right (offset 0)."""
+    """Whole-spine Dice (all vertebrae as one), how many cases have their levels shifted, the mean per-vertebra
+    Dice of the cases whose levels are named right (offset 0), and how the predictions that the anatomy checks
+    flag score against the others."""
     cases = list(case_levels(eval_dir, labels_dir, num_structures).values())
     shifts = [c.offset for c in cases]
     right = [c.mean_dice for c in cases if c.offset == 0]
     counts = {s: shifts.count(s) for s in sorted(set(shifts))}
+    flagged = [c for c in cases if c.flagged]
+    unflagged = [c.mean_dice for c in cases if not c.flagged]
     return (
         f"whole-spine Dice (levels ignored): {np.mean([c.spine_dice for c in cases]):.3f}; "
         f"cases by level offset: {', '.join(f'{k:+d}: {v}' for k, v in counts.items())}; "
-        f"mean Dice of the {len(right)} cases at offset 0: {np.mean(right) if right else float('nan'):.3f}"
+        f"mean Dice of the {len(right)} cases at offset 0: {_mean(right):.3f}\n"
+        f"anatomy checks (spine-seg predict's CHECK) flag {len(flagged)} of {len(cases)} predictions: mean Dice "
+        f"{_mean([c.mean_dice for c in flagged]):.3f}, {sum(c.offset != 0 for c in flagged)} with levels off; "
+        f"the {len(unflagged)} unflagged: {_mean(unflagged):.3f}, {sum(c.offset != 0 for c in cases if not c.flagged)} "
+        "with levels off"
     )
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:

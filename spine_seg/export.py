@@ -7,13 +7,15 @@ so the export reproduces the training masks' format exactly.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from spine_seg.anatomy import plausibility_problems
 from spine_seg.atomic import atomic_path
+from spine_seg.batch_report import BatchReport
 from spine_seg.label_layout import from_class_map, num_structures
 from spine_seg.nifti_io import read_nifti
 
@@ -33,12 +35,6 @@ class ExportFormat:
         if not meta.get("label_layout"):
             raise ValueError(f"{path}: no label_layout recorded (was the dataset converted with labels?)")
         return cls(meta["label_layout"], int(meta["label_channels"]))
-
-
-@dataclass
-class ExportReport:
-    written: list[Path] = field(default_factory=list)
-    bad: list[str] = field(default_factory=list)
 
 
 def case_id(pred_path: Path) -> str:
@@ -70,16 +66,20 @@ def export_dir(
     fmt: ExportFormat,
     expected_shapes: dict[str, tuple[int, int]] | None = None,
     progress: bool = True,
-) -> ExportReport:
+    structure_names: list[str] | None = None,
+) -> BatchReport:
     """Export every prediction NIfTI in ``pred_dir`` to ``out_dir/<id>.npy``; bad files are reported.
 
-    ``expected_shapes`` maps case id to the original ``(R, C)``; a prediction of another size is bad.
+    ``expected_shapes`` maps case id to the original ``(R, C)``; a prediction of another size is bad. Each
+    exported map is checked with :func:`spine_seg.anatomy.plausibility_problems` (``structure_names`` name the
+    structures in its messages) and every case's status is written to ``out_dir/checks.csv``.
     """
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
-    report = ExportReport()
+    report = BatchReport()
     files = sorted(p for p in pred_dir.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
     if not files:
         raise FileNotFoundError(f"{pred_dir}: no prediction NIfTI files")
+    n = num_structures(fmt.layout, fmt.channels)
     for path in tqdm(files, desc="export", unit="img", disable=not progress):
         cid = case_id(path)
         try:
@@ -91,7 +91,12 @@ def export_dir(
             save_npy(target, class_map_to_challenge(class_map, fmt))
             report.written.append(target)
         except Exception as err:  # noqa: BLE001 - a bad file must not stop the batch
-            report.bad.append(f"{path}: {err}")
+            report.bad[cid] = f"{path}: {err}"
+            continue
+        problems = plausibility_problems(class_map.astype(np.uint8), n, structure_names)
+        if problems:
+            report.implausible[cid] = problems
+    report.write_checks(out_dir, list(dict.fromkeys(case_id(p) for p in files)))
     return report
 
 

@@ -4,8 +4,9 @@
 MSD-style ``dataset.json`` (class maps, 0 background, 1..N vertebrae top to bottom) and reports per case:
 
 - ``flags``: structures missing or out of top-to-bottom order, a vertebra whose area is under
-  :data:`MIN_AREA_RATIO` of the case's median vertebra (squeezed, or drawn over a neighbour), and centroid gaps
-  outside :data:`GAP_RANGE` times the case's median gap (a skipped or doubled vertebra);
+  :data:`spine_seg.anatomy.MIN_AREA_RATIO` of the case's median vertebra (squeezed, or drawn over a neighbour),
+  and centroid gaps outside :data:`spine_seg.anatomy.GAP_RANGE` times the case's median gap (a skipped or
+  doubled vertebra): the checks of :func:`spine_seg.anatomy.plausibility_problems`;
 - ``level_z``: how far the first structure's centroid lies from the set's median position (as a fraction of
   the image height), in units of the case's own vertebra pitch. A case whose |level_z| is near 1 names its
   levels one vertebra away from where the rest of the set would put them, which a model cannot tell apart from
@@ -24,16 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 from tqdm import tqdm
 
-from spine_seg.anatomy import centroid_rows, order_problems
+from spine_seg.anatomy import order_problems, rows_array, spacing_problems, structure_areas
 from spine_seg.atomic import write_text_atomic
 from spine_seg.evaluation_table import level_shift
 from spine_seg.nifti_io import read_nifti
 
-MIN_AREA_RATIO = 0.5
-GAP_RANGE = (0.6, 1.5)
 # |level_z| beyond this puts a case's levels nearer a neighbouring vertebra's usual place than its own.
 OFF_PRIOR = 0.5
 
@@ -55,27 +53,12 @@ class LabelGeometry:
 
 
 def measure(label: np.ndarray, num_structures: int, names: list[str] | None = None) -> LabelGeometry:
-    """Centroids, areas and plausibility flags of an ``R x C`` class map."""
+    """Centroids, areas and plausibility flags (:func:`spine_seg.anatomy.plausibility_problems`) of an
+    ``R x C`` class map."""
     names = names or [str(k) for k in range(1, num_structures + 1)]
-    areas = ndimage.sum_labels(np.ones_like(label, dtype=np.uint8), label, np.arange(1, num_structures + 1))
-    areas = np.where(areas > 0, areas, np.nan)
-    rows = np.array([np.nan if r is None else r for r in centroid_rows(label, num_structures)], dtype=float)
-    flags = order_problems(label, num_structures, names)
-    median_area = np.nanmedian(areas) if np.any(~np.isnan(areas)) else np.nan
-    flags += [
-        f"{names[k]} area {a / median_area:.2f} x the median vertebra"
-        for k, a in enumerate(areas)
-        if a < MIN_AREA_RATIO * median_area
-    ]
-    present = [(k, r) for k, r in enumerate(rows) if not np.isnan(r)]
-    gaps = np.diff([r for _, r in present])
-    if gaps.size > 1:
-        ratio = gaps / np.median(gaps)
-        flags += [
-            f"{names[present[i][0]]}-{names[present[i + 1][0]]} gap {q:.2f} x the median"
-            for i, q in enumerate(ratio)
-            if not GAP_RANGE[0] <= q <= GAP_RANGE[1]
-        ]
+    areas = structure_areas(label, num_structures)
+    rows = rows_array(label, num_structures)
+    flags = order_problems(label, num_structures, names) + spacing_problems(rows, areas, names)
     return LabelGeometry(label.shape[0], rows, areas, tuple(flags))
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from spine_seg.anatomy import order_problems
+from spine_seg.anatomy import plausibility_problems
+from spine_seg.batch_report import BatchReport
 from spine_seg.dicom_io import Radiograph, read_radiograph
 from spine_seg.errors import InputFileError
 from spine_seg.export import ExportFormat, class_map_to_challenge, save_npy
@@ -26,15 +26,6 @@ from spine_seg.overlay import save_overlay
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 CHALLENGE_FORMAT = ExportFormat("background-last", 7)
 BACKENDS = ("torch", "onnx")
-
-
-@dataclass
-class PredictReport:
-    """Files written, inputs that failed, and anatomically implausible predictions (id -> problems)."""
-
-    written: list[Path] = field(default_factory=list)
-    bad: list[str] = field(default_factory=list)
-    implausible: dict[str, list[str]] = field(default_factory=dict)
 
 
 def check_checkpoint(ckpt: Path) -> None:
@@ -116,48 +107,53 @@ def predict(
     onnx_model: str | Path | None = None,
     dicom_seg: bool = False,
     **overrides: object,
-) -> PredictReport:
+) -> BatchReport:
     """Segment DICOM ``images`` and write ``out_dir/<id>.npy`` (``R x C x K`` uint8) and ``<id>.png`` overlays.
 
     ``backend``: ``"torch"`` runs the bundle's ``inference.json`` (``overrides`` go to its config), ``"onnx"``
     runs ``onnx_model`` (default ``<bundle>/models/model.onnx``) with onnxruntime. ``dicom_seg`` also writes
     ``<id>_seg.dcm``, a DICOM Segmentation referencing the source image. Unreadable images are reported in the
-    result and do not stop the others.
+    result and do not stop the others; ``out_dir/checks.csv`` lists every case with its status (ok, check: an
+    implausible prediction to review, bad: with the cause).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "onnx" and overrides:
         raise ValueError(f"config overrides ({', '.join(overrides)}) apply to the torch backend only")
     out_dir = Path(out_dir)
-    report = PredictReport()
+    report = BatchReport()
     n = num_structures(fmt.layout, fmt.channels)
     names = structure_names or [f"Structure {k}" for k in range(1, n + 1)]
     if dicom_seg and len(names) != n:
         raise ValueError(f"{len(names)} structure names for {n} structures: {', '.join(names)}")
+    radiographs, sources = {}, {}
+    cases = list(dict.fromkeys(Path(p).stem for p in images))
+    for path in tqdm(images, desc="read", unit="img", disable=not progress):
+        case = Path(path).stem
+        if case in sources:
+            duplicate = f"{path}: same case id {case!r} as {sources[case]}; not segmented"
+            report.bad[case] = f"{report.bad[case]}; {duplicate}" if case in report.bad else duplicate
+            radiographs.pop(case, None)
+            continue
+        try:
+            radiographs[case] = read_radiograph(path)
+        except InputFileError as err:
+            report.bad[case] = str(err)
+        sources[case] = Path(path)
     with tempfile.TemporaryDirectory(prefix="spine-seg-") as tmp:
-        tmp_dir = Path(tmp)
-        radiographs, sources = {}, {}
-        for path in tqdm(images, desc="read", unit="img", disable=not progress):
-            try:
-                radiograph = read_radiograph(path)
-            except InputFileError as err:
-                report.bad.append(str(err))
-                continue
-            case = Path(path).stem
-            radiographs[case], sources[case] = radiograph, Path(path)
         if not radiographs:
-            return report
-        if backend == "onnx":
+            class_maps: Iterator[tuple[str, np.ndarray]] = iter(())
+        elif backend == "onnx":
             class_maps = _onnx_class_maps(radiographs, Path(onnx_model or bundle_dir / "models" / "model.onnx"))
         else:
-            class_maps = _bundle_class_maps(radiographs, tmp_dir, bundle_dir, **overrides)
+            class_maps = _bundle_class_maps(radiographs, Path(tmp), bundle_dir, **overrides)
         bar = tqdm(class_maps, desc="export", unit="img", total=len(radiographs), disable=not progress)
         for case, class_map in bar:
             radiograph = radiographs[case]
             if class_map.shape != radiograph.pixels.shape:
-                report.bad.append(f"{case}: prediction {class_map.shape} differs from image {radiograph.pixels.shape}")
+                report.bad[case] = f"{case}: prediction {class_map.shape} differs from image {radiograph.pixels.shape}"
                 continue
-            problems = order_problems(class_map, n, structure_names)
+            problems = plausibility_problems(class_map, n, structure_names)
             if problems:
                 report.implausible[case] = problems
             save_npy(out_dir / f"{case}.npy", class_map_to_challenge(class_map, fmt))
@@ -171,5 +167,6 @@ def predict(
                 try:
                     report.written.append(write_dicom_seg(out_dir / f"{case}_seg.dcm", sources[case], class_map, names))
                 except Exception as err:  # noqa: BLE001 - highdicom raises many types; one bad source must not stop
-                    report.bad.append(f"{case}: DICOM SEG not written ({type(err).__name__}: {err})")
+                    report.bad[case] = f"{case}: DICOM SEG not written ({type(err).__name__}: {err})"
+    report.write_checks(out_dir, cases)
     return report

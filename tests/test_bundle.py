@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,6 +17,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from data_prep.convert import convert
+from spine_seg.batch_report import CHECKS_FILE
 from spine_seg.dicom_io import read_radiograph
 from spine_seg.export import ExportFormat, export_dir
 from spine_seg.model_export import build_network
@@ -166,14 +169,26 @@ def test_predict_from_dicom(trained: dict, tmp_path: Path) -> None:
     images = sorted((raw / "test" / "img").glob("*.dcm"))
     bad = tmp_path / "broken.dcm"
     bad.write_bytes(b"not a dicom")
-    report = predict([*images, bad], tmp_path / "out", ckpt_path=str(trained["ckpt"]),
+    twin = tmp_path / "other" / images[0].name  # a second input with the same case id: both refused
+    twin.parent.mkdir()
+    shutil.copy(images[0], twin)
+    report = predict([*images, bad, twin], tmp_path / "out", ckpt_path=str(trained["ckpt"]),
                      coarse_ckpt_path=str(trained["coarse"]), coarse_spatial_size=[96, 48], spatial_size=[64, 32],
                      progress=False)
-    assert len(report.bad) == 1 and "broken.dcm" in report.bad[0]
-    for image in images:
-        arr = np.load(tmp_path / "out" / f"{image.stem}.npy")
-        assert arr.shape == (*read_radiograph(image).pixels.shape, 7) and arr.dtype == np.uint8
-        assert (tmp_path / "out" / f"{image.stem}.png").stat().st_size > 0
+    first, second = images[0].stem, images[1].stem
+    assert sorted(report.bad) == sorted([first, "broken"]) and "broken.dcm" in report.bad["broken"]
+    assert report.bad[first] == f"{twin}: same case id {first!r} as {images[0]}; not segmented"
+    assert not (tmp_path / "out" / f"{first}.npy").exists()
+    with open(tmp_path / "out" / CHECKS_FILE, newline="") as f:
+        rows = {row["case"]: row for row in csv.DictReader(f)}
+    assert list(rows) == [first, second, "broken"]
+    for case in (first, "broken"):
+        assert rows[case]["status"] == "bad" and rows[case]["detail"] == report.bad[case]
+    assert rows[second]["status"] == ("check" if second in report.implausible else "ok")
+    assert rows[second]["detail"] == "; ".join(report.implausible.get(second, []))
+    arr = np.load(tmp_path / "out" / f"{second}.npy")
+    assert arr.shape == (*read_radiograph(images[1]).pixels.shape, 7) and arr.dtype == np.uint8
+    assert (tmp_path / "out" / f"{second}.png").stat().st_size > 0
 
 
 def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:

@@ -52,3 +52,6 @@ def test_level_summary_counts_offsets_and_scores_the_right_cases(tmp_path: Path)
     assert f"whole-spine Dice (levels ignored): {(1 + whole) / 2:.3f}" in text
     assert "cases by level offset: +0: 1, +1: 1" in text
     assert "mean Dice of the 1 cases at offset 0: 1.000" in text
+    # b lacks its last vertebra (a plausibility problem); a is the label itself
+    expected = "flag 1 of 2 predictions: mean Dice 0.000, 1 with levels off; the 1 unflagged: 1.000, 0 with levels off"
+    assert expected in text

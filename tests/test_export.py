@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from data_prep.convert import convert
-from spine_seg.anatomy import order_problems
+from spine_seg.anatomy import order_problems, plausibility_problems
+from spine_seg.batch_report import CHECKS_FILE
 from spine_seg.cli import main as cli_main
 from spine_seg.export import ExportFormat, class_map_to_challenge, export_dir
 from spine_seg.label_layout import LAYOUTS
@@ -46,13 +47,23 @@ def test_export_reports_bad_files_and_keeps_going(tmp_path: Path) -> None:
     bad_labels = class_map.copy()
     bad_labels[0, 0] = 9
     write_nifti(tmp_path / "pred" / "003_seg.nii.gz", bad_labels)  # label out of range
-    shapes = {"001": (64, 48), "002": (64, 48), "003": (64, 48)}
-    report = export_dir(tmp_path / "pred", tmp_path / "npy", ExportFormat(), shapes, progress=False)
-    assert [p.name for p in report.written] == ["001.npy"]
-    assert len(report.bad) == 2
-    assert "002_seg.nii.gz" in report.bad[0] and "(40, 48)" in report.bad[0]
-    assert "003_seg.nii.gz" in report.bad[1] and "label 9" in report.bad[1]
-    assert sorted(p.name for p in (tmp_path / "npy").iterdir()) == ["001.npy"], "no partial files left"
+    write_nifti(tmp_path / "pred" / "004_seg.nii.gz", np.where(class_map == 4, 0, class_map))  # L3 missing
+    shapes = {"001": (64, 48), "002": (64, 48), "003": (64, 48), "004": (64, 48)}
+    names = ["T12", "L1", "L2", "L3", "L4", "L5"]
+    report = export_dir(tmp_path / "pred", tmp_path / "npy", ExportFormat(), shapes, False, names)
+    assert [p.name for p in report.written] == ["001.npy", "004.npy"]
+    assert sorted(report.bad) == ["002", "003"]
+    assert "002_seg.nii.gz" in report.bad["002"] and "(40, 48)" in report.bad["002"]
+    assert "003_seg.nii.gz" in report.bad["003"] and "label 9" in report.bad["003"]
+    assert list(report.implausible) == ["004"]
+    assert report.implausible["004"][0] == "L3 missing" and report.implausible["004"][1].startswith("L2-L4 gap ")
+    assert sorted(p.name for p in (tmp_path / "npy").iterdir()) == ["001.npy", "004.npy", CHECKS_FILE], (
+        "no partial files left"
+    )
+    rows = (tmp_path / "npy" / CHECKS_FILE).read_text().splitlines()
+    assert rows[0] == "case,status,detail" and rows[1] == "001,ok,"
+    assert rows[4] == f"004,check,{'; '.join(report.implausible['004'])}"
+    assert rows[2].startswith("002,bad,") and "(40, 48)" in rows[2] and rows[3].startswith("003,bad,")
     # the CLI exits non-zero when a file was bad
     assert cli_main(["export", str(tmp_path / "pred"), str(tmp_path / "npy2"), "--no-progress"]) == 1
 
@@ -75,6 +86,19 @@ def test_order_problems_flags_swapped_and_missing_vertebrae() -> None:
     assert len(problems) == 1 and problems[0].startswith("L1 (row")
     missing = np.where(class_map == 4, 0, class_map).astype(np.uint8)
     assert order_problems(missing, 6) == ["4 missing"]
+
+
+def test_plausibility_problems_flag_a_skipped_or_squeezed_vertebra() -> None:
+    names = ["T12", "L1", "L2", "L3", "L4", "L5"]
+    _, class_map = make_phantom((200, 100), seed=2)
+    assert plausibility_problems(class_map, 6, names) == []
+    skipped = np.where(class_map == 3, 0, np.where(class_map > 3, class_map - 1, class_map)).astype(np.uint8)
+    problems = plausibility_problems(skipped, 6, names)  # body 3 unlabelled: bodies 4-6 named L2-L4
+    assert problems[0] == "L5 missing" and len(problems) == 2
+    assert problems[1].startswith("L1-L2 gap ") and float(problems[1].split()[2]) > 1.5
+    squeezed = class_map.copy()
+    squeezed[:56][squeezed[:56] == 2] = 0  # L1 keeps only its lowest rows
+    assert [p.split(" area")[0] for p in plausibility_problems(squeezed, 6, names) if "area" in p] == ["L1"]
 
 
 def test_overlay_colours_structures_only(tmp_path: Path) -> None:

@@ -57,3 +57,23 @@ def test_real_training_radiograph_is_segmented_in_order(tmp_path: Path) -> None:
     ]
     assert np.mean(dice) >= 0.8, f"per-vertebra Dice {np.round(dice, 3).tolist()}"
     assert (tmp_path / f"{case.case_id}.png").stat().st_size > 0
+
+
+def test_demo_on_phantoms_writes_masks_overlays_and_checks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``make demo`` where the shared data is absent: generated phantoms, said so, through the shipped weights."""
+    from spine_seg.batch_report import CHECKS_FILE
+    from spine_seg.demo import main as demo_main
+
+    out = tmp_path / "demo"
+    assert demo_main(["--raw", str(tmp_path / "absent"), "--out", str(out), "--count", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "PHANTOM" in printed and str(out / CHECKS_FILE) in printed
+    npys = sorted(out.glob("*.npy"))
+    assert len(npys) == 2
+    for npy in npys:
+        pred = np.load(npy)
+        assert pred.shape == (1024, 512, 7) and pred.dtype == np.uint8 and (pred.sum(-1) == 1).all()
+        assert npy.with_suffix(".png").stat().st_size > 0
+    rows = (out / CHECKS_FILE).read_text().splitlines()
+    assert rows[0] == "case,status,detail" and sorted(r.split(",")[0] for r in rows[1:]) == [p.stem for p in npys]
+    assert all(r.split(",")[1] in ("ok", "check") for r in rows[1:])
