@@ -72,7 +72,8 @@ def export_dir(
 
     ``expected_shapes`` maps case id to the original ``(R, C)``; a prediction of another size is bad. Each
     exported map is checked with :func:`spine_seg.anatomy.plausibility_problems` (``structure_names`` name the
-    structures in its messages) and every case's status is written to ``out_dir/checks.csv``.
+    structures in its messages) and every case's status is written to ``out_dir/checks.csv``. Two files with
+    the same case id (``001.nii.gz`` and ``001_seg.nii.gz``) are both refused.
     """
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
     report = BatchReport()
@@ -80,8 +81,17 @@ def export_dir(
     if not files:
         raise FileNotFoundError(f"{pred_dir}: no prediction NIfTI files")
     n = num_structures(fmt.layout, fmt.channels)
+    by_case: dict[str, list[Path]] = {}
+    for path in files:
+        by_case.setdefault(case_id(path), []).append(path)
+    for cid, paths in by_case.items():
+        if len(paths) > 1:
+            names = ", ".join(p.name for p in paths)
+            report.bad[cid] = f"{pred_dir}: {len(paths)} predictions for case {cid!r} ({names}); none exported"
     for path in tqdm(files, desc="export", unit="img", disable=not progress):
         cid = case_id(path)
+        if cid in report.bad:
+            continue
         try:
             class_map = read_nifti(path)
             want = (expected_shapes or {}).get(cid)
@@ -96,7 +106,7 @@ def export_dir(
         problems = plausibility_problems(class_map.astype(np.uint8), n, structure_names)
         if problems:
             report.implausible[cid] = problems
-    report.write_checks(out_dir, list(dict.fromkeys(case_id(p) for p in files)))
+    report.write_checks(out_dir, list(by_case))
     return report
 
 

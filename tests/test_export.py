@@ -48,11 +48,14 @@ def test_export_reports_bad_files_and_keeps_going(tmp_path: Path) -> None:
     bad_labels[0, 0] = 9
     write_nifti(tmp_path / "pred" / "003_seg.nii.gz", bad_labels)  # label out of range
     write_nifti(tmp_path / "pred" / "004_seg.nii.gz", np.where(class_map == 4, 0, class_map))  # L3 missing
-    shapes = {"001": (64, 48), "002": (64, 48), "003": (64, 48), "004": (64, 48)}
+    write_nifti(tmp_path / "pred" / "005.nii.gz", class_map)  # two predictions for one case: both refused
+    write_nifti(tmp_path / "pred" / "005_seg.nii.gz", class_map)
+    shapes = {f"00{k}": (64, 48) for k in range(1, 6)}
     names = ["T12", "L1", "L2", "L3", "L4", "L5"]
     report = export_dir(tmp_path / "pred", tmp_path / "npy", ExportFormat(), shapes, False, names)
     assert [p.name for p in report.written] == ["001.npy", "004.npy"]
-    assert sorted(report.bad) == ["002", "003"]
+    assert sorted(report.bad) == ["002", "003", "005"]
+    assert report.bad["005"].endswith("2 predictions for case '005' (005.nii.gz, 005_seg.nii.gz); none exported")
     assert "002_seg.nii.gz" in report.bad["002"] and "(40, 48)" in report.bad["002"]
     assert "003_seg.nii.gz" in report.bad["003"] and "label 9" in report.bad["003"]
     assert list(report.implausible) == ["004"]
@@ -64,6 +67,7 @@ def test_export_reports_bad_files_and_keeps_going(tmp_path: Path) -> None:
     assert rows[0] == "case,status,detail" and rows[1] == "001,ok,"
     assert rows[4] == f"004,check,{'; '.join(report.implausible['004'])}"
     assert rows[2].startswith("002,bad,") and "(40, 48)" in rows[2] and rows[3].startswith("003,bad,")
+    assert rows[5].startswith("005,bad,") and len(rows) == 6
     # the CLI exits non-zero when a file was bad
     assert cli_main(["export", str(tmp_path / "pred"), str(tmp_path / "npy2"), "--no-progress"]) == 1
 
