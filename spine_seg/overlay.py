@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from spine_seg.atomic import atomic_path
 
@@ -15,6 +16,7 @@ PALETTE = np.array(
      (70, 240, 240), (240, 50, 230)],
     dtype=np.float32,
 )
+BANNER = (200, 0, 0)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -35,9 +37,28 @@ def overlay_rgb(image: np.ndarray, class_map: np.ndarray, alpha: float = 0.4) ->
     return gray.astype(np.uint8)
 
 
-def save_overlay(path: str | Path, image: np.ndarray, class_map: np.ndarray, max_size: int = 1024) -> None:
-    """Write an overlay PNG atomically, downscaled so its longer side is at most ``max_size`` pixels."""
+def save_overlay(
+    path: str | Path, image: np.ndarray, class_map: np.ndarray, max_size: int = 1024, warnings: Sequence[str] = ()
+) -> None:
+    """Write an overlay PNG atomically, downscaled so its longer side is at most ``max_size`` pixels.
+
+    ``warnings`` (e.g. the prediction's plausibility problems) are written across its top in a red banner, so
+    that a flagged case stands out when the PNGs are browsed."""
     picture = Image.fromarray(overlay_rgb(image, class_map))
     picture.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)
+    if warnings:
+        _draw_banner(picture, ["CHECK"] + list(warnings))
     with atomic_path(path) as tmp:
         picture.save(tmp, format="PNG")
+
+
+def _draw_banner(picture: Image.Image, lines: list[str]) -> None:
+    """Red banner with white ``lines`` across the top of ``picture``, sized to its width."""
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default(size=max(10, picture.width // 30))
+    height = sum(draw.textbbox((0, 0), line, font=font)[3] + 2 for line in lines) + 4
+    draw.rectangle((0, 0, picture.width, min(height, picture.height)), fill=BANNER)
+    y = 2
+    for line in lines:
+        draw.text((4, y), line, fill=(255, 255, 255), font=font)
+        y += draw.textbbox((0, 0), line, font=font)[3] + 2

@@ -159,7 +159,7 @@ def predict(
             save_npy(out_dir / f"{case}.npy", class_map_to_challenge(class_map, fmt))
             report.written.append(out_dir / f"{case}.npy")
             if overlays:
-                save_overlay(out_dir / f"{case}.png", radiograph.pixels, class_map)
+                save_overlay(out_dir / f"{case}.png", radiograph.pixels, class_map, warnings=problems)
                 report.written.append(out_dir / f"{case}.png")
             if dicom_seg:
                 from spine_seg.dicom_seg import write_dicom_seg  # highdicom comes with the `export` extra

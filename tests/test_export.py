@@ -16,7 +16,7 @@ from spine_seg.export import ExportFormat, class_map_to_challenge, export_dir
 from spine_seg.label_layout import LAYOUTS
 from spine_seg.mat_io import read_mask
 from spine_seg.nifti_io import write_nifti
-from spine_seg.overlay import overlay_rgb, save_overlay
+from spine_seg.overlay import BANNER, overlay_rgb, save_overlay
 from spine_seg.phantom import make_phantom, write_challenge_folder
 
 
@@ -114,5 +114,11 @@ def test_overlay_colours_structures_only(tmp_path: Path) -> None:
     assert (rgb[class_map == 1, 0].astype(int) > rgb[class_map == 1, 1].astype(int)).mean() > 0.9, "T12 is red"
     save_overlay(tmp_path / "o.png", image, class_map, max_size=60)
     assert max(Image.open(tmp_path / "o.png").size) == 60
+    plain = np.asarray(Image.open(tmp_path / "o.png").convert("RGB"))
+    assert not (plain == BANNER).all(-1).any()
+    save_overlay(tmp_path / "flagged.png", image, class_map, max_size=60, warnings=["L1-L2 gap 2.00 x the median"])
+    flagged = np.asarray(Image.open(tmp_path / "flagged.png").convert("RGB"))
+    assert flagged.shape == plain.shape and (flagged[0] == BANNER).all(), "a red banner across the top"
+    np.testing.assert_array_equal(flagged[-5:], plain[-5:])  # the rest of the picture is left as it was
     with pytest.raises(ValueError, match="differ in size"):
         overlay_rgb(image, class_map[:10])
