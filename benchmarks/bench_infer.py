@@ -2,9 +2,10 @@
 
 Stages timed separately per image: load (DICOM decode + preprocessing), stage 1 (the coarse network that
 finds the vertebrae, inside the preprocessing), inference (the fine network on the crop's grid), restore
-(softmax, Invertd to the original grid, argmax, largest component) and export (.npy).
+(softmax, Invertd to the original grid, argmax, largest component), checks (the plausibility checks that
+``spine-seg predict`` runs on each mask) and export (.npy).
 Then the same images through the ONNX backend (``spine-seg predict --backend onnx``: onnxruntime and numpy),
-DICOM -> .npy. Also times sliding-window inference at native resolution to show what the working-grid design
+DICOM -> checks -> .npy. Also times sliding-window inference at native resolution to show what the working-grid design
 saves.
 
     python benchmarks/bench_infer.py                       # 10 phantom radiographs of 3000 x 2500 px
@@ -25,6 +26,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 
+from spine_seg.anatomy import plausibility_problems
 from spine_seg.dicom_io import read_radiograph
 from spine_seg.export import ExportFormat, class_map_to_challenge, save_npy
 from spine_seg.nifti_io import write_nifti
@@ -76,7 +78,9 @@ def main() -> None:
                 images.append(tmp_dir / f"{i:03d}.dcm")
                 write_dicom(images[-1], image, transfer_syntax="jpeg-baseline")
             print(f"{len(images)} phantom radiographs of 3000 x 2500 px (JPEG baseline) on {device}")
-        times: dict[str, list[float]] = {k: [] for k in ("load", "stage 1", "inference", "restore", "export")}
+        times: dict[str, list[float]] = {
+            k: [] for k in ("load", "stage 1", "inference", "restore", "checks", "export")
+        }
         for i, path in enumerate(images):
             t0 = time.perf_counter()
             radiograph = read_radiograph(path)
@@ -97,9 +101,11 @@ def main() -> None:
                     data = transform(data)
             class_map = data["pred"][0].cpu().numpy().astype(np.uint8)
             t3 = time.perf_counter()
-            save_npy(tmp_dir / f"{i}.npy", class_map_to_challenge(class_map, fmt))
+            plausibility_problems(class_map, config["num_classes"] - 1)
             t4 = time.perf_counter()
-            for key, dt in zip(times, (t1 - t0 - coarse, coarse, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            save_npy(tmp_dir / f"{i}.npy", class_map_to_challenge(class_map, fmt))
+            t5 = time.perf_counter()
+            for key, dt in zip(times, (t1 - t0 - coarse, coarse, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
                 times[key].append(dt)
         total = np.sum([times[k] for k in times], axis=0)
         skip = 1 if len(images) > 1 else 0  # the first image pays one-off start-up costs
@@ -117,6 +123,7 @@ def main() -> None:
             for i, path in enumerate(images):
                 t0 = time.perf_counter()
                 class_map = segment(read_radiograph(path).pixels)
+                plausibility_problems(class_map, config["num_classes"] - 1)
                 save_npy(tmp_dir / f"onnx{i}.npy", class_map_to_challenge(class_map, fmt))
                 onnx_times.append(time.perf_counter() - t0)
             print(f"onnx backend (onnxruntime + numpy, both stages), DICOM -> .npy: "
