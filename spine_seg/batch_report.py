@@ -14,9 +14,10 @@ CHECKS_FILE = "checks.csv"
 
 @dataclass
 class BatchReport:
-    """Files written, cases that failed (case id -> cause) and anatomically implausible predictions (case id ->
-    problems, from :func:`spine_seg.anatomy.plausibility_problems`)."""
+    """Every case of the batch in input order, files written, cases that failed (case id -> cause) and
+    anatomically implausible predictions (case id -> problems, from :func:`spine_seg.anatomy.plausibility_problems`)."""
 
+    cases: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
     bad: dict[str, str] = field(default_factory=dict)
     implausible: dict[str, list[str]] = field(default_factory=dict)
@@ -27,23 +28,29 @@ class BatchReport:
             f"  CHECK {case}: {'; '.join(problems)}" for case, problems in self.implausible.items()
         ]
 
-    def checks_csv(self, cases: list[str]) -> str:
+    def status(self, case: str) -> str:
+        """``bad``, ``check`` or ``ok``."""
+        return "bad" if case in self.bad else "check" if case in self.implausible else "ok"
+
+    def summary(self) -> str:
+        """``N cases: a ok, b to check, c bad``."""
+        counts = [sum(self.status(c) == s for c in self.cases) for s in ("ok", "check", "bad")]
+        return f"{len(self.cases)} cases: {counts[0]} ok, {counts[1]} to check, {counts[2]} bad"
+
+    def checks_csv(self) -> str:
         """One ``case,status,detail`` row per case: status ``ok``, ``check`` (detail: the problems, to review by
         eye) or ``bad`` (detail: why nothing, or not everything, was written)."""
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(["case", "status", "detail"])
-        for case in cases:
-            if case in self.bad:
-                writer.writerow([case, "bad", self.bad[case]])
-            elif case in self.implausible:
-                writer.writerow([case, "check", "; ".join(self.implausible[case])])
-            else:
-                writer.writerow([case, "ok", ""])
+        details = {"bad": self.bad.get, "check": lambda c: "; ".join(self.implausible[c]), "ok": lambda c: ""}
+        for case in self.cases:
+            status = self.status(case)
+            writer.writerow([case, status, details[status](case)])
         return text.getvalue()
 
-    def write_checks(self, out_dir: str | Path, cases: list[str]) -> Path:
+    def write_checks(self, out_dir: str | Path) -> Path:
         """Write :meth:`checks_csv` to ``out_dir/checks.csv`` atomically; returns its path."""
         path = Path(out_dir) / CHECKS_FILE
-        write_text_atomic(path, self.checks_csv(cases))
+        write_text_atomic(path, self.checks_csv())
         return path

@@ -31,7 +31,7 @@ def _export(args: argparse.Namespace) -> int:
     fmt = _format(args)
     names = structure_names(args.dataset_json, num_structures(fmt.layout, fmt.channels)) if args.dataset_json else None
     report = export_dir(args.pred_dir, args.out_dir, fmt, shapes, not args.no_progress, names)
-    print(f"exported {len(report.written)} -> {args.out_dir}; bad {len(report.bad)}; every case's status in "
+    print(f"exported {len(report.written)} -> {args.out_dir}; {report.summary()}; every case's status in "
           f"{Path(args.out_dir) / CHECKS_FILE}")
     for line in report.problem_lines():
         print(line)
@@ -57,7 +57,8 @@ def _predict(args: argparse.Namespace) -> int:
         images, args.out, _format(args), Path(args.bundle), not args.no_overlay, names, not args.no_progress,
         backend=args.backend, onnx_model=args.weights if onnx else None, dicom_seg=args.dicom_seg, **overrides,
     )
-    print(f"wrote {len(report.written)} files to {args.out}; every case's status in {Path(args.out) / CHECKS_FILE}")
+    print(f"wrote {len(report.written)} files to {args.out}; {report.summary()}; every case's status in "
+          f"{Path(args.out) / CHECKS_FILE}")
     for line in report.problem_lines():
         print(line)
     return 0 if report.written and not report.bad else 1

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     npys = sorted(p for p in report.written if p.suffix == ".npy")
     print(f"demo: wrote {len(npys)} masks (.npy, R x C x 7 uint8) and their overlay PNGs to {out.resolve()}")
-    print(f"  each case's checks (ok / check / bad): {out / CHECKS_FILE}")
+    print(f"  {report.summary()}; each case's status (ok / check / bad): {out / CHECKS_FILE}")
     for p in npys:
         print(f"  {p}  {p.with_suffix('.png')}")
     return 0 if npys and not report.bad else 1

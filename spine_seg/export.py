@@ -106,7 +106,8 @@ def export_dir(
         problems = plausibility_problems(class_map.astype(np.uint8), n, structure_names)
         if problems:
             report.implausible[cid] = problems
-    report.write_checks(out_dir, list(by_case))
+    report.cases = list(by_case)
+    report.write_checks(out_dir)
     return report
 
 

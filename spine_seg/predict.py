@@ -127,7 +127,7 @@ def predict(
     if dicom_seg and len(names) != n:
         raise ValueError(f"{len(names)} structure names for {n} structures: {', '.join(names)}")
     radiographs, sources = {}, {}
-    cases = list(dict.fromkeys(Path(p).stem for p in images))
+    report.cases = list(dict.fromkeys(Path(p).stem for p in images))
     for path in tqdm(images, desc="read", unit="img", disable=not progress):
         case = Path(path).stem
         if case in sources:
@@ -168,5 +168,5 @@ def predict(
                     report.written.append(write_dicom_seg(out_dir / f"{case}_seg.dcm", sources[case], class_map, names))
                 except Exception as err:  # noqa: BLE001 - highdicom raises many types; one bad source must not stop
                     report.bad[case] = f"{case}: DICOM SEG not written ({type(err).__name__}: {err})"
-    report.write_checks(out_dir, cases)
+    report.write_checks(out_dir)
     return report

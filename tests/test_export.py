@@ -59,6 +59,7 @@ def test_export_reports_bad_files_and_keeps_going(tmp_path: Path) -> None:
     assert "002_seg.nii.gz" in report.bad["002"] and "(40, 48)" in report.bad["002"]
     assert "003_seg.nii.gz" in report.bad["003"] and "label 9" in report.bad["003"]
     assert list(report.implausible) == ["004"]
+    assert report.summary() == "5 cases: 1 ok, 1 to check, 3 bad"
     assert report.implausible["004"][0] == "L3 missing" and report.implausible["004"][1].startswith("L2-L4 gap ")
     assert sorted(p.name for p in (tmp_path / "npy").iterdir()) == ["001.npy", "004.npy", CHECKS_FILE], (
         "no partial files left"

@@ -67,7 +67,7 @@ def test_demo_on_phantoms_writes_masks_overlays_and_checks(tmp_path: Path, capsy
     out = tmp_path / "demo"
     assert demo_main(["--raw", str(tmp_path / "absent"), "--out", str(out), "--count", "2"]) == 0
     printed = capsys.readouterr().out
-    assert "PHANTOM" in printed and str(out / CHECKS_FILE) in printed
+    assert "PHANTOM" in printed and str(out / CHECKS_FILE) in printed and "2 cases: " in printed
     npys = sorted(out.glob("*.npy"))
     assert len(npys) == 2
     for npy in npys:
