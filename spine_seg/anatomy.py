@@ -14,30 +14,20 @@ MIN_AREA_RATIO = 0.5
 GAP_RANGE = (0.6, 1.5)
 
 
-def row_counts(class_map: np.ndarray, num_structures: int) -> np.ndarray:
-    """Pixels of each structure 1..N in each row; shape ``(num_structures, R)``. One pass per structure over the
-    map, so that the checks below cost tens of milliseconds on a full-size radiograph."""
-    return np.stack([np.count_nonzero(class_map == k, axis=1) for k in range(1, num_structures + 1)])
-
-
-def rows_array(class_map: np.ndarray, num_structures: int, counts: np.ndarray | None = None) -> np.ndarray:
-    """Row coordinate (pixels) of each structure's centroid, NaN for an absent one; shape ``(num_structures,)``.
-    ``counts``: :func:`row_counts` of the map, when already computed."""
-    counts = row_counts(class_map, num_structures) if counts is None else counts
-    areas = counts.sum(axis=1)
+def structure_geometry(class_map: np.ndarray, num_structures: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centroid row (pixels) and area (pixels) of each structure 1..N, NaN for an absent one; two arrays of
+    shape ``(num_structures,)``. One pass per structure, counting its pixels row by row, so that the checks
+    below cost tens of milliseconds on a full-size radiograph."""
+    counts = np.stack([np.count_nonzero(class_map == k, axis=1) for k in range(1, num_structures + 1)])
+    areas = counts.sum(axis=1).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):  # absent structures give NaN
-        return (counts @ np.arange(counts.shape[1], dtype=float)) / areas
+        rows = (counts @ np.arange(counts.shape[1], dtype=float)) / areas
+    return rows, np.where(areas > 0, areas, np.nan)
 
 
 def centroid_rows(class_map: np.ndarray, num_structures: int) -> list[float | None]:
-    """:func:`rows_array` as a list, None for an absent structure."""
-    return [None if np.isnan(r) else float(r) for r in rows_array(class_map, num_structures)]
-
-
-def structure_areas(class_map: np.ndarray, num_structures: int, counts: np.ndarray | None = None) -> np.ndarray:
-    """Area (pixels) of each structure, NaN for an absent one; shape ``(num_structures,)``."""
-    areas = (row_counts(class_map, num_structures) if counts is None else counts).sum(axis=1).astype(float)
-    return np.where(areas > 0, areas, np.nan)
+    """Row coordinate (pixels) of each structure's centroid, None for an absent structure."""
+    return [None if np.isnan(r) else float(r) for r in structure_geometry(class_map, num_structures)[0]]
 
 
 def order_problems(class_map: np.ndarray, num_structures: int, names: list[str] | None = None) -> list[str]:
@@ -46,7 +36,7 @@ def order_problems(class_map: np.ndarray, num_structures: int, names: list[str] 
     Returns an empty list for a plausible prediction. Nothing is reordered.
     """
     names = names or [str(k) for k in range(1, num_structures + 1)]
-    return _order_problems(rows_array(class_map, num_structures), names)
+    return _order_problems(structure_geometry(class_map, num_structures)[0], names)
 
 
 def _order_problems(rows: np.ndarray, names: list[str]) -> list[str]:
@@ -82,13 +72,13 @@ def spacing_problems(rows: np.ndarray, areas: np.ndarray, names: list[str]) -> l
     return problems
 
 
-def plausibility_problems(
-    class_map: np.ndarray, num_structures: int, names: list[str] | None = None, counts: np.ndarray | None = None
-) -> list[str]:
-    """Every check on one class map: :func:`order_problems`, then :func:`spacing_problems`. Empty if plausible.
-    ``counts``: :func:`row_counts` of the map, when already computed."""
-    names = names or [str(k) for k in range(1, num_structures + 1)]
-    counts = row_counts(class_map, num_structures) if counts is None else counts
-    rows = rows_array(class_map, num_structures, counts)
-    areas = structure_areas(class_map, num_structures, counts)
+def geometry_problems(rows: np.ndarray, areas: np.ndarray, names: list[str]) -> list[str]:
+    """Every check, from :func:`structure_geometry`'s ``rows`` and ``areas``: the order problems of
+    :func:`order_problems`, then :func:`spacing_problems`."""
     return _order_problems(rows, names) + spacing_problems(rows, areas, names)
+
+
+def plausibility_problems(class_map: np.ndarray, num_structures: int, names: list[str] | None = None) -> list[str]:
+    """Every check on one class map (:func:`geometry_problems`). Empty if plausible."""
+    names = names or [str(k) for k in range(1, num_structures + 1)]
+    return geometry_problems(*structure_geometry(class_map, num_structures), names)

@@ -43,10 +43,8 @@ class BatchReport:
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(["case", "status", "detail"])
-        details = {"bad": self.bad.get, "check": lambda c: "; ".join(self.implausible[c]), "ok": lambda c: ""}
         for case in self.cases:
-            status = self.status(case)
-            writer.writerow([case, status, details[status](case)])
+            writer.writerow([case, self.status(case), self.bad.get(case) or "; ".join(self.implausible.get(case, []))])
         return text.getvalue()
 
     def write_checks(self, out_dir: str | Path) -> Path:

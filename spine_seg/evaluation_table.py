@@ -127,16 +127,19 @@ def level_summary(eval_dir: str | Path, labels_dir: str | Path, num_structures: 
     right = [c.mean_dice for c in cases if c.offset == 0]
     counts = {s: shifts.count(s) for s in sorted(set(shifts))}
     flagged = [c for c in cases if c.flagged]
-    unflagged = [c.mean_dice for c in cases if not c.flagged]
+    unflagged = [c for c in cases if not c.flagged]
     return (
         f"whole-spine Dice (levels ignored): {np.mean([c.spine_dice for c in cases]):.3f}; "
         f"cases by level offset: {', '.join(f'{k:+d}: {v}' for k, v in counts.items())}; "
         f"mean Dice of the {len(right)} cases at offset 0: {_mean(right):.3f}\n"
         f"anatomy checks (spine-seg predict's CHECK) flag {len(flagged)} of {len(cases)} predictions: mean Dice "
-        f"{_mean([c.mean_dice for c in flagged]):.3f}, {sum(c.offset != 0 for c in flagged)} with levels off; "
-        f"the {len(unflagged)} unflagged: {_mean(unflagged):.3f}, {sum(c.offset != 0 for c in cases if not c.flagged)} "
-        "with levels off"
+        f"{_group(flagged)}; the {len(unflagged)} unflagged: {_group(unflagged)}"
     )
+
+
+def _group(cases: list[CaseLevels]) -> str:
+    """Mean per-vertebra Dice of ``cases``, then how many of them have their levels off."""
+    return f"{_mean([c.mean_dice for c in cases]):.3f}, {sum(c.offset != 0 for c in cases)} with levels off"
 
 
 def _mean(values: list[float]) -> float:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from spine_seg.anatomy import plausibility_problems, row_counts, rows_array, structure_areas
+from spine_seg.anatomy import geometry_problems, structure_geometry
 from spine_seg.atomic import write_text_atomic
 from spine_seg.evaluation_table import level_shift
 from spine_seg.nifti_io import read_nifti
@@ -56,10 +56,8 @@ def measure(label: np.ndarray, num_structures: int, names: list[str] | None = No
     """Centroids, areas and plausibility flags (:func:`spine_seg.anatomy.plausibility_problems`) of an
     ``R x C`` class map."""
     names = names or [str(k) for k in range(1, num_structures + 1)]
-    counts = row_counts(label, num_structures)
-    rows, areas = rows_array(label, num_structures, counts), structure_areas(label, num_structures, counts)
-    flags = plausibility_problems(label, num_structures, names, counts)
-    return LabelGeometry(label.shape[0], rows, areas, tuple(flags))
+    rows, areas = structure_geometry(label, num_structures)
+    return LabelGeometry(label.shape[0], rows, areas, tuple(geometry_problems(rows, areas, names)))
 
 
 def level_z(geometries: list[LabelGeometry]) -> np.ndarray:
