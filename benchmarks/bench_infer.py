@@ -26,6 +26,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 
+from data_prep.cases import dicom_files
 from spine_seg.anatomy import plausibility_problems
 from spine_seg.dicom_io import read_radiograph
 from spine_seg.export import ExportFormat, class_map_to_challenge, save_npy
@@ -67,7 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
         if args.real:
-            images = sorted(Path(args.real).glob("*.dcm"))[: args.count]
+            images = dicom_files(Path(args.real))[: args.count]
             print(f"{len(images)} real radiographs from {args.real} on {device}")
         else:
             from spine_seg.phantom import make_phantom, write_dicom

@@ -28,7 +28,8 @@ class Discovery:
     bad: list[tuple[Path, str]]
 
 
-def _dicoms(folder: Path) -> list[Path]:
+def dicom_files(folder: Path) -> list[Path]:
+    """The DICOM files (by suffix, any case) directly in ``folder``, sorted; none if it is not a folder."""
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in DICOM_SUFFIXES)
@@ -43,6 +44,8 @@ def _mats(folder: Path) -> dict[str, Path]:
 def discover(root: str | Path) -> Discovery:
     """List the cases under ``root``; ids are file stems and must be unique across training and test."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"{root}: not a folder; give the folder that holds the radiographs")
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: input folder does not exist")
     bad: list[tuple[Path, str]] = []
@@ -50,17 +53,17 @@ def discover(root: str | Path) -> Discovery:
     test: list[Case] = []
     if (root / "train").is_dir() or (root / "test").is_dir():
         masks = _mats(root / "train" / "label")
-        for image in _dicoms(root / "train" / "img"):
+        for image in dicom_files(root / "train" / "img"):
             mask = masks.pop(image.stem, None)
             if mask is None:
                 bad.append((image, f"training image has no label train/label/{image.stem}.mat"))
             else:
                 training.append(Case(image.stem, image, mask))
         bad += [(m, "label has no image in train/img") for m in masks.values()]
-        test = [Case(p.stem, p, None) for p in _dicoms(root / "test" / "img")]
+        test = [Case(p.stem, p, None) for p in dicom_files(root / "test" / "img")]
     else:
         masks = _mats(root)
-        for image in _dicoms(root):
+        for image in dicom_files(root):
             mask = masks.pop(image.stem, None)
             (training if mask else test).append(Case(image.stem, image, mask))
         bad += [(m, "label has no image") for m in masks.values()]

@@ -7,6 +7,7 @@ import os
 import sys
 
 from data_prep.convert import Options, convert
+from spine_seg.errors import run_reporting_errors
 from spine_seg.label_layout import LAYOUTS
 from spine_seg.mat_io import DEFAULT_KEY
 
@@ -28,11 +29,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def run(args: argparse.Namespace) -> int:
     options = Options(args.label_key, args.channels, args.label_layout)
     names = args.structure_names.split(",") if args.structure_names else None
-    try:
-        report = convert(args.src, args.out, options, names, args.workers, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    report = convert(args.src, args.out, options, names, args.workers, progress=not args.no_progress)
     print(report.table())
     print(f"dataset: {os.path.join(args.out, 'dataset.json')}")
     if not (report.converted or report.skipped) or (args.strict and report.bad):
@@ -41,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    return run_reporting_errors(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import hashlib
 import json
 import random
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +19,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from data_prep.cases import Case, discover
+from data_prep.cases import DICOM_SUFFIXES, Case, discover
 from spine_seg.atomic import write_text_atomic
+from spine_seg.dataset_json import read_dataset_json
 from spine_seg.dicom_io import read_radiograph
 from spine_seg.errors import InputFileError
-from spine_seg.label_layout import check_layout, detect_layout, num_structures, to_class_map
+from spine_seg.label_layout import LAYOUTS, check_layout, detect_layout, num_structures, to_class_map
 from spine_seg.mat_io import DEFAULT_KEY, read_mask
 from spine_seg.nifti_io import write_nifti
 
@@ -129,6 +131,17 @@ def convert_case(case: Case, out: Path, options: Options) -> dict[str, Any]:
     return record
 
 
+def check_structure_names(names: list[str] | None, layouts: Sequence[str], channels: int) -> None:
+    """Raise ValueError unless ``names`` (if given) has one name per structure of ``channels``-channel masks in
+    one of ``layouts``."""
+    counts = sorted({num_structures(layout, channels) for layout in layouts})
+    if names is not None and len(names) not in counts:
+        raise ValueError(
+            f"{len(names)} structure names given for {' or '.join(map(str, counts))} structures "
+            f"({channels}-channel masks): {', '.join(names)}"
+        )
+
+
 def _up_to_date(case: Case, out: Path, previous: dict[str, dict], options: Options) -> bool:
     old = previous.get(case.case_id)
     if old is None or old.get("options") != options.fingerprint():
@@ -147,11 +160,23 @@ def _safe_convert(case: Case, out: Path, options: Options) -> tuple[Case, dict |
         return case, None, f"{case.image}: unexpected error ({type(err).__name__}: {err})"
 
 
-def assign_folds(case_ids: list[str], num_folds: int = NUM_FOLDS, seed: int = FOLD_SEED) -> dict[str, int]:
-    """Deterministic balanced folds: sorted ids shuffled with a fixed seed, then dealt round-robin."""
-    ids = sorted(case_ids)
-    random.Random(seed).shuffle(ids)
-    return {case_id: i % num_folds for i, case_id in enumerate(ids)}
+def assign_folds(
+    case_ids: list[str], num_folds: int = NUM_FOLDS, seed: int = FOLD_SEED, keep: dict[str, int] | None = None
+) -> dict[str, int]:
+    """Deterministic balanced folds. Cases in ``keep`` (case id -> fold, e.g. from an earlier ``dataset.json``)
+    stay in their fold; the others, sorted and shuffled with a fixed seed, go one by one to the fold with the
+    fewest cases (the lowest on a tie), which deals a fresh set round-robin. Adding cases thus never moves a
+    case that already had a fold."""
+    present = set(case_ids)
+    folds = {i: f for i, f in (keep or {}).items() if i in present and 0 <= f < num_folds}
+    sizes = np.bincount(list(folds.values()), minlength=num_folds)
+    new = sorted(i for i in case_ids if i not in folds)
+    random.Random(seed).shuffle(new)
+    for case_id in new:
+        fold = int(np.argmin(sizes))
+        folds[case_id] = fold
+        sizes[fold] += 1
+    return {i: folds[i] for i in case_ids}
 
 
 def convert(
@@ -164,12 +189,18 @@ def convert(
 ) -> Report:
     """Convert every case under ``src`` into ``out``; bad cases are reported, never fatal."""
     src, out = Path(src), Path(out)
+    layouts = [options.label_layout] if options.label_layout else LAYOUTS
+    check_structure_names(structure_names, layouts, options.channels)
     found = discover(src)
+    if not (found.training or found.test or found.bad):
+        raise FileNotFoundError(
+            f"{src}: no DICOM files ({', '.join(DICOM_SUFFIXES)}) in train/img, test/img or the folder itself"
+        )
     report = Report(bad=[(str(p), f"{p}: {cause}") for p, cause in found.bad])
     dataset_json = out / "dataset.json"
     previous: dict[str, dict] = {}
     if dataset_json.is_file():
-        old = json.loads(dataset_json.read_text())
+        old = read_dataset_json(dataset_json)
         previous = {r["id"]: r for r in old.get("training", []) + old.get("test", [])}
     records: dict[str, dict] = {}
     todo = []
@@ -207,14 +238,14 @@ def convert(
     for r in training:
         if r["label_layout"] != layout:
             report.warnings.append(f"{r['id']}: label layout {r['label_layout']} differs from the dataset's {layout}")
-    folds = assign_folds([r["id"] for r in training])
+    earlier = {i: r["fold"] for i, r in previous.items() if isinstance(r.get("fold"), int)}
+    folds = assign_folds([r["id"] for r in training], keep=earlier)
     for r in training:
         r["fold"] = folds[r["id"]]
     report.warnings += [w for r in training + test for w in r["warnings"]]
     n = num_structures(layout, options.channels) if layout else options.channels - 1
+    check_structure_names(structure_names, [layout] if layout else LAYOUTS, options.channels)
     names = structure_names or [f"structure_{k}" for k in range(1, n + 1)]
-    if len(names) != n:
-        raise ValueError(f"{len(names)} structure names given for {n} structures")
     dataset = {
         "name": src.name,
         "description": f"Converted from {src} by data_prep",

@@ -25,9 +25,13 @@ def structure_geometry(class_map: np.ndarray, num_structures: int) -> tuple[np.n
     return rows, np.where(areas > 0, areas, np.nan)
 
 
-def centroid_rows(class_map: np.ndarray, num_structures: int) -> list[float | None]:
-    """Row coordinate (pixels) of each structure's centroid, None for an absent structure."""
-    return [None if np.isnan(r) else float(r) for r in structure_geometry(class_map, num_structures)[0]]
+def resolve_names(names: list[str] | None, num_structures: int) -> list[str]:
+    """``names`` (one per structure, else ValueError), or ``"1"`` .. ``"N"`` when None."""
+    if names is None:
+        return [str(k) for k in range(1, num_structures + 1)]
+    if len(names) != num_structures:
+        raise ValueError(f"{len(names)} structure names for {num_structures} structures: {', '.join(names)}")
+    return names
 
 
 def order_problems(class_map: np.ndarray, num_structures: int, names: list[str] | None = None) -> list[str]:
@@ -35,8 +39,7 @@ def order_problems(class_map: np.ndarray, num_structures: int, names: list[str] 
 
     Returns an empty list for a plausible prediction. Nothing is reordered.
     """
-    names = names or [str(k) for k in range(1, num_structures + 1)]
-    return _order_problems(structure_geometry(class_map, num_structures)[0], names)
+    return _order_problems(structure_geometry(class_map, num_structures)[0], resolve_names(names, num_structures))
 
 
 def _order_problems(rows: np.ndarray, names: list[str]) -> list[str]:
@@ -80,5 +83,4 @@ def geometry_problems(rows: np.ndarray, areas: np.ndarray, names: list[str]) -> 
 
 def plausibility_problems(class_map: np.ndarray, num_structures: int, names: list[str] | None = None) -> list[str]:
     """Every check on one class map (:func:`geometry_problems`). Empty if plausible."""
-    names = names or [str(k) for k in range(1, num_structures + 1)]
-    return geometry_problems(*structure_geometry(class_map, num_structures), names)
+    return geometry_problems(*structure_geometry(class_map, num_structures), resolve_names(names, num_structures))

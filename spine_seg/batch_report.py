@@ -10,6 +10,7 @@ from pathlib import Path
 from spine_seg.atomic import write_text_atomic
 
 CHECKS_FILE = "checks.csv"
+HEADER = ["case", "status", "detail"]
 
 
 @dataclass
@@ -37,18 +38,43 @@ class BatchReport:
         counts = [sum(self.status(c) == s for c in self.cases) for s in ("ok", "check", "bad")]
         return f"{len(self.cases)} cases: {counts[0]} ok, {counts[1]} to check, {counts[2]} bad"
 
-    def checks_csv(self) -> str:
+    def checks_csv(self, earlier: dict[str, list[str]] | None = None) -> str:
         """One ``case,status,detail`` row per case: status ``ok``, ``check`` (detail: the problems, to review by
-        eye) or ``bad`` (detail: why nothing, or not everything, was written)."""
+        eye) or ``bad`` (detail: why nothing, or not everything, was written). ``earlier`` (case -> row, from an
+        earlier ``checks.csv``) keeps the rows of cases that this batch did not see, in their order, first."""
+        rows = dict(earlier or {})
+        for case in self.cases:
+            rows[case] = [case, self.status(case), self.bad.get(case) or "; ".join(self.implausible.get(case, []))]
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(["case", "status", "detail"])
-        for case in self.cases:
-            writer.writerow([case, self.status(case), self.bad.get(case) or "; ".join(self.implausible.get(case, []))])
+        writer.writerow(HEADER)
+        writer.writerows(rows.values())
         return text.getvalue()
 
+    def note_earlier_outputs(self, out_dir: str | Path, suffixes: tuple[str, ...]) -> None:
+        """Add to each bad case's cause the files ``out_dir/<case><suffix>`` that this batch did not write: an
+        earlier run's, left in place, which no longer match their input."""
+        written = set(self.written)
+        for case in self.bad:
+            paths = [Path(out_dir) / f"{case}{suffix}" for suffix in suffixes]
+            earlier = [p.name for p in paths if p.is_file() and p not in written]
+            if earlier:
+                self.bad[case] += f"; {', '.join(earlier)} in {out_dir} are from an earlier run, left as they were"
+
     def write_checks(self, out_dir: str | Path) -> Path:
-        """Write :meth:`checks_csv` to ``out_dir/checks.csv`` atomically; returns its path."""
+        """Write :meth:`checks_csv` to ``out_dir/checks.csv`` atomically, keeping the rows of an earlier
+        ``checks.csv`` there for the cases this batch did not see; returns its path."""
         path = Path(out_dir) / CHECKS_FILE
-        write_text_atomic(path, self.checks_csv())
+        write_text_atomic(path, self.checks_csv(_earlier_rows(path)))
         return path
+
+
+def _earlier_rows(path: Path) -> dict[str, list[str]]:
+    """Case -> row of an existing ``checks.csv``; none if there is none or it is not one of ours."""
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0] != HEADER or any(len(row) != len(HEADER) for row in rows[1:]):
+        return {}
+    return {row[0]: row for row in rows[1:]}

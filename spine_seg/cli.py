@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 from data_prep import cli as convert_cli
+from data_prep.cases import DICOM_SUFFIXES, dicom_files
 from spine_seg.batch_report import CHECKS_FILE
+from spine_seg.errors import run_reporting_errors
 from spine_seg.evaluation_table import structure_names
 from spine_seg.export import ExportFormat, export_dir, shapes_from_dataset_json
 from spine_seg.label_layout import LAYOUTS, num_structures
@@ -39,18 +41,40 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _dicoms(paths: list[str]) -> list[Path]:
+    """The files named, and the DICOM files in the folders named; a missing path or a folder without DICOM
+    files is an error (before anything is segmented)."""
     files: list[Path] = []
     for p in map(Path, paths):
-        files += sorted(p.glob("*.dcm")) if p.is_dir() else [p]
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such file or folder")
+        if not p.is_dir():
+            files.append(p)
+            continue
+        found = dicom_files(p)
+        if not found:
+            others = sum(1 for q in p.iterdir() if not q.name.startswith("."))
+            raise FileNotFoundError(
+                f"{p}: no DICOM files ({', '.join(DICOM_SUFFIXES)}) in this folder ({others} other entries); "
+                "name other files one by one"
+            )
+        files += found
     return files
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
 
 
 def _predict(args: argparse.Namespace) -> int:
     names = args.structure_names.split(",") if args.structure_names else None
-    images = _dicoms(args.images)
-    if args.limit:
-        images = images[: args.limit]
     onnx = args.backend == "onnx"
+    if onnx and args.coarse_weights:
+        raise ValueError("--coarse-weights is for the torch backend; with --backend onnx the stage-1 model is the "
+                         "one named in --weights' metadata, beside it (write both with `make export-model`)")
+    images = _dicoms(args.images)[: args.limit]
     weights = {"ckpt_path": args.weights, "coarse_ckpt_path": args.coarse_weights}
     overrides = {k: v for k, v in weights.items() if v and not onnx}
     report = predict(
@@ -76,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--no-progress", action="store_true")
 
     pred = sub.add_parser("predict", help="DICOM -> challenge .npy + overlay PNG with the bundle's weights")
-    pred.add_argument("images", nargs="+", help="DICOM files or folders of .dcm files")
+    pred.add_argument("images", nargs="+", help="DICOM files, or folders of DICOM files (.dcm, .dicom)")
     pred.add_argument("--out", required=True, help="output folder")
     pred.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="MONAI bundle folder")
     pred.add_argument(
@@ -91,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument("--dicom-seg", action="store_true", help="also write <id>_seg.dcm, a DICOM Segmentation")
     pred.add_argument("--structure-names", default="T12,L1,L2,L3,L4,L5")
-    pred.add_argument("--limit", type=int, help="only the first N images")
+    pred.add_argument("--limit", type=_positive, help="only the first N images")
     pred.add_argument("--no-overlay", action="store_true")
     pred.add_argument("--no-progress", action="store_true")
     _add_format_options(pred)
@@ -100,9 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "convert":
-        return convert_cli.run(args)
-    return {"export": _export, "predict": _predict}[args.command](args)
+    command = {"convert": convert_cli.run, "export": _export, "predict": _predict}[args.command]
+    return run_reporting_errors(lambda: command(args))
 
 
 if __name__ == "__main__":

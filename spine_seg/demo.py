@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from data_prep.cases import dicom_files
 from spine_seg.batch_report import CHECKS_FILE
 from spine_seg.predict import DEFAULT_BUNDLE, predict
 
@@ -22,14 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
     args = parser.parse_args(argv)
     out = Path(args.out)
-    images = sorted((Path(args.raw) / "test" / "img").glob("*.dcm"))[: args.count]
+    images = dicom_files(Path(args.raw) / "test" / "img")[: args.count]
     if images:
         print(f"demo: {len(images)} real radiographs from {Path(args.raw) / 'test' / 'img'}")
     else:
         from spine_seg.phantom import write_challenge_folder
 
         root = write_challenge_folder(out / "phantom-input", n_train=0, n_test=args.count, shape=(1024, 512))
-        images = sorted((root / "test" / "img").glob("*.dcm"))
+        images = dicom_files(root / "test" / "img")
         print(f"demo: {args.raw} not found, so using {len(images)} generated PHANTOM radiographs in {root}")
     report = predict(images, out, bundle_dir=Path(args.bundle), structure_names=["T12", "L1", "L2", "L3", "L4", "L5"])
     for line in report.problem_lines():

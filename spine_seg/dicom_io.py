@@ -11,7 +11,8 @@ import numpy as np
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import BytesLengthException, InvalidDicomError
-from pydicom.pixels import apply_rescale
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_modality_lut
 
 from spine_seg.errors import InputFileError
 
@@ -39,12 +40,41 @@ class Radiograph:
     warnings: list[str] = field(default_factory=list)
 
 
-def _spacing(ds: pydicom.Dataset) -> tuple[tuple[float, float], str]:
+def _spacing(ds: pydicom.Dataset, name: str) -> tuple[tuple[float, float], str, list[str]]:
+    """(row, column) spacing in mm, the attribute it came from (``"default"``: none, 1.0 mm) and notes about
+    spacing attributes that were there but unusable (not two positive numbers), which are ignored."""
+    notes = []
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(keyword)
-        if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
-            return (float(value[0]), float(value[1])), keyword
-    return (1.0, 1.0), "default"
+        if keyword not in ds or ds[keyword].is_empty:
+            continue
+        try:
+            value = ds[keyword].value
+            numbers = [float(v) for v in (value if isinstance(value, MultiValue) else [value])]
+        except (TypeError, ValueError):
+            numbers = []
+        if len(numbers) == 2 and all(v > 0 for v in numbers):
+            return (numbers[0], numbers[1]), keyword, notes
+        notes.append(f"{name}: {keyword} {ds[keyword].repval} is not two positive numbers; ignored")
+    return (1.0, 1.0), "default", notes
+
+
+def _rescale(raw: np.ndarray, ds: pydicom.Dataset, path: Path) -> np.ndarray:
+    """The Modality LUT Sequence, else RescaleSlope/Intercept applied to ``raw`` (a missing or empty one counts as
+    1 or 0, as it does when both are absent)."""
+    if "ModalityLUTSequence" in ds:
+        try:
+            return apply_modality_lut(raw, ds)
+        except Exception as err:  # noqa: BLE001 - a malformed LUT raises many types
+            raise InputFileError(path, f"Modality LUT cannot be applied ({type(err).__name__}: {err})") from err
+    factors = []
+    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        try:
+            value = ds[keyword].value if keyword in ds else None
+            factors.append(default if value is None or value == "" else float(value))
+        except (TypeError, ValueError) as err:
+            raise InputFileError(path, f"{keyword} {ds[keyword].repval} is not a number") from err
+    slope, intercept = factors
+    return raw if (slope, intercept) == (1.0, 0.0) else raw.astype(np.float64) * slope + intercept
 
 
 def _truncation(path: Path, ds: pydicom.Dataset, caught: list[WarningMessage]) -> str | None:
@@ -90,13 +120,20 @@ def read_radiograph(path: str | Path) -> Radiograph:
     """Read a single-frame grayscale DICOM radiograph.
 
     Handles uncompressed, JPEG (baseline, lossless) and JPEG 2000 pixel data, inverts MONOCHROME1 and
-    applies RescaleSlope/Intercept. Raises :class:`InputFileError` naming the file and the cause.
+    applies the modality LUT (Modality LUT Sequence or RescaleSlope/Intercept). Raises :class:`InputFileError`
+    naming the file and the cause.
     """
     path = Path(path)
     try:
         with catch_warnings(record=True) as caught:
             simplefilter("always")
             ds = pydicom.dcmread(path)
+    except FileNotFoundError as err:
+        raise InputFileError(path, "no such file") from err
+    except IsADirectoryError as err:
+        raise InputFileError(path, "a folder, not a DICOM file") from err
+    except InvalidDicomError as err:
+        raise InputFileError(path, "not a DICOM file (no 'DICM' marker after the 128-byte preamble)") from err
     except _READ_ERRORS as err:
         raise InputFileError(path, f"not a readable DICOM file ({type(err).__name__}: {err})") from err
     truncated = _truncation(path, ds, caught)
@@ -124,7 +161,7 @@ def read_radiograph(path: str | Path) -> Radiograph:
         raise InputFileError(path, f"pixel data has shape {raw.shape}; a 2D image is expected")
     if photometric == "MONOCHROME1":
         raw = _invert_monochrome1(raw, ds)
-    pixels = apply_rescale(raw, ds) if "RescaleSlope" in ds or "RescaleIntercept" in ds else raw
-    spacing, source = _spacing(ds)
-    warnings = [] if source != "default" else [f"{path.name}: no PixelSpacing/ImagerPixelSpacing, using 1.0 mm"]
-    return Radiograph(_compact(np.asarray(pixels)), spacing, source, warnings)
+    spacing, source, warnings = _spacing(ds, path.name)
+    if source == "default":
+        warnings.append(f"{path.name}: no PixelSpacing/ImagerPixelSpacing, using 1.0 mm")
+    return Radiograph(_compact(np.asarray(_rescale(raw, ds, path))), spacing, source, warnings)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from spine_seg.atomic import write_text_atomic
+from spine_seg.dataset_json import read_dataset_json
 
 
 def read_raw(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
@@ -31,7 +31,7 @@ def read_raw(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
 def structure_names(dataset_json: str | Path | None, count: int) -> list[str]:
     if dataset_json is None:
         return [f"structure_{k}" for k in range(1, count + 1)]
-    labels = json.loads(Path(dataset_json).read_text())["labels"]
+    labels = read_dataset_json(dataset_json)["labels"]
     return [labels[str(k)] for k in range(1, count + 1)]
 
 

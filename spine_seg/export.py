@@ -6,7 +6,6 @@ so the export reproduces the training masks' format exactly.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from tqdm import tqdm
 from spine_seg.anatomy import plausibility_problems
 from spine_seg.atomic import atomic_path
 from spine_seg.batch_report import BatchReport
+from spine_seg.dataset_json import read_dataset_json
+from spine_seg.errors import InputFileError
 from spine_seg.label_layout import from_class_map, num_structures
 from spine_seg.nifti_io import read_nifti
 
@@ -31,7 +32,7 @@ class ExportFormat:
 
     @classmethod
     def from_dataset_json(cls, path: str | Path) -> ExportFormat:
-        meta = json.loads(Path(path).read_text())
+        meta = read_dataset_json(path)
         if not meta.get("label_layout"):
             raise ValueError(f"{path}: no label_layout recorded (was the dataset converted with labels?)")
         return cls(meta["label_layout"], int(meta["label_channels"]))
@@ -53,10 +54,17 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
 
 
 def class_map_to_challenge(class_map: np.ndarray, fmt: ExportFormat) -> np.ndarray:
-    """``R x C`` class map -> ``R x C x K`` uint8 in ``fmt``; labels above the structure count are refused."""
+    """``R x C`` class map -> ``R x C x K`` uint8 in ``fmt``; labels that are not whole numbers 0..N (N the
+    format's structure count) are refused."""
     n = num_structures(fmt.layout, fmt.channels)
-    if class_map.size and int(class_map.max()) > n:
-        raise ValueError(f"class map has label {int(class_map.max())} but the format has {n} structures")
+    if not class_map.size:
+        return from_class_map(class_map.astype(np.uint8), fmt.layout, fmt.channels)
+    if not np.issubdtype(class_map.dtype, np.integer) and not np.all(np.mod(class_map, 1) == 0):
+        raise ValueError("class map has labels that are not whole numbers")
+    if class_map.min() < 0:
+        raise ValueError(f"class map has label {class_map.min():g}; labels are 0 (background) to {n}")
+    if class_map.max() > n:
+        raise ValueError(f"class map has label {class_map.max():g} but the format has {n} structures")
     return from_class_map(class_map.astype(np.uint8), fmt.layout, fmt.channels)
 
 
@@ -76,6 +84,12 @@ def export_dir(
     the same case id (``001.nii.gz`` and ``001_seg.nii.gz``) are both refused.
     """
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
+    if not pred_dir.exists():
+        raise FileNotFoundError(f"{pred_dir}: no such folder")
+    if not pred_dir.is_dir():
+        raise NotADirectoryError(f"{pred_dir}: not a folder of predictions")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir}: the output folder is a file")
     report = BatchReport()
     files = sorted(p for p in pred_dir.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
     if not files:
@@ -100,6 +114,9 @@ def export_dir(
             target = out_dir / f"{cid}.npy"
             save_npy(target, class_map_to_challenge(class_map, fmt))
             report.written.append(target)
+        except InputFileError as err:  # names the file itself
+            report.bad[cid] = str(err)
+            continue
         except Exception as err:  # noqa: BLE001 - a bad file must not stop the batch
             report.bad[cid] = f"{path}: {err}"
             continue
@@ -107,11 +124,12 @@ def export_dir(
         if problems:
             report.implausible[cid] = problems
     report.cases = list(by_case)
+    report.note_earlier_outputs(out_dir, (".npy",))
     report.write_checks(out_dir)
     return report
 
 
 def shapes_from_dataset_json(path: str | Path) -> dict[str, tuple[int, int]]:
     """Original ``(R, C)`` of every case recorded in a ``dataset.json``."""
-    meta = json.loads(Path(path).read_text())
+    meta = read_dataset_json(path)
     return {r["id"]: tuple(r["shape"]) for r in meta.get("training", []) + meta.get("test", [])}

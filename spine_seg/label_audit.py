@@ -19,7 +19,6 @@ against its ``level_z``. Nothing is changed; the CSV is written atomically.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from spine_seg.anatomy import geometry_problems, structure_geometry
+from spine_seg.anatomy import geometry_problems, resolve_names, structure_geometry
 from spine_seg.atomic import write_text_atomic
+from spine_seg.dataset_json import read_dataset_json
 from spine_seg.evaluation_table import level_shift
 from spine_seg.nifti_io import read_nifti
 
@@ -55,7 +55,7 @@ class LabelGeometry:
 def measure(label: np.ndarray, num_structures: int, names: list[str] | None = None) -> LabelGeometry:
     """Centroids, areas and plausibility flags (:func:`spine_seg.anatomy.plausibility_problems`) of an
     ``R x C`` class map."""
-    names = names or [str(k) for k in range(1, num_structures + 1)]
+    names = resolve_names(names, num_structures)
     rows, areas = structure_geometry(label, num_structures)
     return LabelGeometry(label.shape[0], rows, areas, tuple(geometry_problems(rows, areas, names)))
 
@@ -70,7 +70,7 @@ def level_z(geometries: list[LabelGeometry]) -> np.ndarray:
 def audit(dataset_json: str | Path, eval_dir: str | Path | None = None, progress: bool = True) -> tuple[str, str]:
     """Audit every training label of ``dataset_json``; returns (summary text, CSV text)."""
     dataset_json = Path(dataset_json)
-    meta = json.loads(dataset_json.read_text())
+    meta = read_dataset_json(dataset_json)
     names = [meta["labels"][str(k)] for k in range(1, len(meta["labels"]))]
     cases = meta["training"]
     preds = {} if eval_dir is None else {

@@ -14,11 +14,13 @@ always is). The ``.onnx`` file also carries the pre/postprocessing parameters fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
+from spine_seg.atomic import atomic_path
 from spine_seg.onnx_predict import INPUT_NAME, OUTPUT_NAME, SPEC_KEY, InferenceSpec
 from spine_seg.predict import DEFAULT_BUNDLE, check_checkpoint
 
@@ -154,17 +156,25 @@ def export_model(
 ) -> dict[str, Path]:
     """Write ``model.ts``/``.onnx`` from ``ckpt`` and ``coarse.ts``/``.onnx`` from ``coarse_ckpt`` (default: the
     bundle's ``models/coarse.pt``) into ``out_dir``; returns ``{"torchscript", "onnx", "coarse_torchscript",
-    "coarse_onnx"}``. Both checkpoints are checked before anything is written."""
+    "coarse_onnx"}``. Both checkpoints are checked before anything is written, and the four files replace
+    earlier ones together, only once all four are written: a failed export leaves the old set as it was."""
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
     coarse_ckpt = Path(coarse_ckpt or bundle_dir / "models" / "coarse.pt")
     net, coarse = load_network(ckpt, bundle_dir), load_network(coarse_ckpt, bundle_dir, "coarse_network_def")
     spec = inference_spec(bundle_dir)
-    return {
-        "torchscript": export_torchscript(ckpt, out_dir / "model.ts", bundle_dir),
-        "onnx": export_onnx(net, out_dir / "model.onnx", spec),
-        "coarse_torchscript": export_torchscript(coarse_ckpt, out_dir / "coarse.ts", bundle_dir, "coarse_network_def"),
-        "coarse_onnx": export_onnx(coarse, out_dir / spec.coarse_model, spec),
+    targets = {
+        "torchscript": out_dir / "model.ts",
+        "onnx": out_dir / "model.onnx",
+        "coarse_torchscript": out_dir / "coarse.ts",
+        "coarse_onnx": out_dir / spec.coarse_model,
     }
+    with contextlib.ExitStack() as stack:  # all four to temporary files; renamed only once all four are written
+        tmp = {kind: stack.enter_context(atomic_path(path)) for kind, path in targets.items()}
+        export_torchscript(ckpt, tmp["torchscript"], bundle_dir)
+        export_onnx(net, tmp["onnx"], spec)
+        export_torchscript(coarse_ckpt, tmp["coarse_torchscript"], bundle_dir, "coarse_network_def")
+        export_onnx(coarse, tmp["coarse_onnx"], spec)
+    return targets
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 
 from spine_seg.atomic import atomic_path
+from spine_seg.errors import InputFileError
 
 
 def spacing_affine(spacing: tuple[float, float]) -> np.ndarray:
@@ -35,10 +36,16 @@ def write_nifti(path: str | Path, array: np.ndarray, spacing: tuple[float, float
 
 
 def read_nifti(path: str | Path) -> np.ndarray:
-    """Read a 2D NIfTI back as an ``R x C`` array (a trailing singleton axis is dropped)."""
-    arr = np.asanyarray(nib.load(path).dataobj)
+    """Read a 2D NIfTI back as an ``R x C`` array (a trailing singleton axis is dropped); a missing, unreadable or
+    not 2D file raises :class:`InputFileError` naming it."""
+    try:
+        arr = np.asanyarray(nib.load(path).dataobj)
+    except FileNotFoundError as err:
+        raise InputFileError(path, "no such file") from err
+    except Exception as err:  # noqa: BLE001 - nibabel / gzip / zlib raise many types for a damaged file
+        raise InputFileError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
     while arr.ndim > 2 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim != 2:
-        raise ValueError(f"{path}: expected a 2D image, got shape {arr.shape}")
+        raise InputFileError(path, f"expected a 2D image, got shape {arr.shape}")
     return arr

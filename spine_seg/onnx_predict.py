@@ -16,6 +16,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -161,6 +162,14 @@ def keep_largest_components(class_map: np.ndarray, labels: Sequence[int]) -> np.
     return out
 
 
+def _session(ort: Any, path: Path, options: Any, providers: list[str]) -> Any:
+    """An onnxruntime session on ``path``; RuntimeError naming the file if it is not a loadable ONNX model."""
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types for bad files
+        raise RuntimeError(f"{path}: not a loadable ONNX model ({type(err).__name__}: {err})") from err
+
+
 class OnnxSegmenter:
     """An exported model plus its inference parameters; call it on an ``R x C`` image to get a class map."""
 
@@ -173,7 +182,7 @@ class OnnxSegmenter:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        self.session = ort.InferenceSession(str(self.model_path), options, providers=providers)
+        self.session = _session(ort, self.model_path, options, providers)
         meta = self.session.get_modelmeta().custom_metadata_map
         if SPEC_KEY not in meta:
             raise ValueError(f"{self.model_path}: no '{SPEC_KEY}' metadata; export it with spine_seg.model_export")
@@ -185,7 +194,7 @@ class OnnxSegmenter:
         if not coarse_path.is_file():
             raise FileNotFoundError(f"{coarse_path}: no stage-1 ONNX model beside {self.model_path.name}; "
                                     "write both with `make export-model`")
-        self.coarse = ort.InferenceSession(str(coarse_path), options, providers=providers)
+        self.coarse = _session(ort, coarse_path, options, providers)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw network output ``N x K x H x W`` for an ``N x 1 x H x W`` float32 batch."""

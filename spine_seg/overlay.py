@@ -38,24 +38,54 @@ def overlay_rgb(image: np.ndarray, class_map: np.ndarray, alpha: float = 0.4) ->
 
 
 def save_overlay(
-    path: str | Path, image: np.ndarray, class_map: np.ndarray, max_size: int = 1024, warnings: Sequence[str] = ()
+    path: str | Path,
+    image: np.ndarray,
+    class_map: np.ndarray,
+    max_size: int = 1024,
+    warnings: Sequence[str] = (),
+    names: Sequence[str] | None = None,
 ) -> None:
     """Write an overlay PNG atomically, downscaled so its longer side is at most ``max_size`` pixels.
 
-    ``warnings`` (e.g. the prediction's plausibility problems) are written across its top in a red banner, so
-    that a flagged case stands out when the PNGs are browsed."""
+    A legend in the bottom-left corner names the colour of each structure in the map (``names[k - 1]`` for
+    label k, else the number k). ``warnings`` (e.g. the prediction's plausibility problems) are written across
+    its top in a red banner, so that a flagged case stands out when the PNGs are browsed."""
     picture = Image.fromarray(overlay_rgb(image, class_map))
     picture.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)
+    labels = [int(k) for k in np.unique(class_map) if k > 0]
+    if labels:
+        _draw_legend(picture, [(names[k - 1] if names else str(k), PALETTE[(k - 1) % len(PALETTE)]) for k in labels])
     if warnings:
         _draw_banner(picture, ["CHECK"] + list(warnings))
     with atomic_path(path) as tmp:
         picture.save(tmp, format="PNG")
 
 
+def _font(picture: Image.Image) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=max(10, picture.width // 30))
+
+
+def _draw_legend(picture: Image.Image, entries: list[tuple[str, np.ndarray]]) -> None:
+    """A colour swatch and the name of each entry, one per line, on a black box in the bottom-left corner;
+    left out where it would cover more than half the picture's height or width."""
+    draw = ImageDraw.Draw(picture)
+    font = _font(picture)
+    line = max(draw.textbbox((0, 0), name, font=font)[3] for name, _ in entries) + 2
+    width = max(draw.textlength(name, font=font) for name, _ in entries) + line + 10
+    top = picture.height - line * len(entries) - 6
+    if 2 * top < picture.height or 2 * width > picture.width:
+        return
+    draw.rectangle((0, top, width, picture.height), fill=(0, 0, 0))
+    for i, (name, colour) in enumerate(entries):
+        y = top + 3 + i * line
+        draw.rectangle((4, y + 1, 2 + line - 2, y + line - 2), fill=tuple(int(c) for c in colour))
+        draw.text((line + 6, y), name, fill=(255, 255, 255), font=font)
+
+
 def _draw_banner(picture: Image.Image, lines: list[str]) -> None:
     """Red banner with white ``lines`` across the top of ``picture``, sized to its width."""
     draw = ImageDraw.Draw(picture)
-    font = ImageFont.load_default(size=max(10, picture.width // 30))
+    font = _font(picture)
     height = sum(draw.textbbox((0, 0), line, font=font)[3] + 2 for line in lines) + 4
     draw.rectangle((0, 0, picture.width, min(height, picture.height)), fill=BANNER)
     y = 2

@@ -8,13 +8,14 @@ original grid, largest component per vertebra); this module only feeds it and ex
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from spine_seg.anatomy import plausibility_problems
+from spine_seg.atomic import write_text_atomic
 from spine_seg.batch_report import BatchReport
 from spine_seg.dicom_io import Radiograph, read_radiograph
 from spine_seg.errors import InputFileError
@@ -26,6 +27,27 @@ from spine_seg.overlay import save_overlay
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 CHALLENGE_FORMAT = ExportFormat("background-last", 7)
 BACKENDS = ("torch", "onnx")
+CHUNK = 16  # radiographs read, segmented and written at a time (bounds the memory a long batch holds)
+MIN_SIDE = 16  # pixels: smaller images are refused
+OUTPUT_SUFFIXES = (".npy", ".png", "_seg.dcm")  # what predict writes per case
+# The bundle's logging, warnings and errors only: predict reports each image itself.
+QUIET_LOGGING = """[loggers]
+keys=root
+[handlers]
+keys=console
+[formatters]
+keys=plain
+[logger_root]
+level=WARNING
+handlers=console
+[handler_console]
+class=StreamHandler
+level=WARNING
+formatter=plain
+args=(sys.stderr,)
+[formatter_plain]
+format=%(name)s - %(levelname)s - %(message)s
+"""
 
 
 def check_checkpoint(ckpt: Path) -> None:
@@ -40,25 +62,39 @@ def check_checkpoint(ckpt: Path) -> None:
         raise RuntimeError(f"{ckpt}: cannot load the weights (a state dict is expected, got {type(state).__name__})")
 
 
-def run_bundle_inference(
-    datalist: list[dict[str, str]], output_dir: Path, bundle_dir: Path = DEFAULT_BUNDLE, **overrides: object
-) -> None:
-    """Run ``bundle_dir/configs/inference.json`` over ``datalist``; writes ``<id>_seg.nii.gz`` to output_dir.
-
-    Both stages' weights (``coarse_ckpt_path``, ``ckpt_path``; default the bundle's) are checked first."""
-    from monai.bundle import ConfigWorkflow
-
+def bundle_weights(bundle_dir: Path = DEFAULT_BUNDLE, **overrides: object) -> tuple[Path, Path]:
+    """The stage-1 and stage-2 checkpoints (``coarse_ckpt_path``, ``ckpt_path`` in ``overrides``, default the
+    bundle's), each checked to be a loadable state dict."""
     bundle_dir = Path(bundle_dir).resolve()
-    ckpt = Path(str(overrides.pop("ckpt_path", bundle_dir / "models" / "model.pt")))
-    coarse = Path(str(overrides.pop("coarse_ckpt_path", bundle_dir / "models" / "coarse.pt")))
+    coarse = Path(str(overrides.get("coarse_ckpt_path", bundle_dir / "models" / "coarse.pt")))
+    ckpt = Path(str(overrides.get("ckpt_path", bundle_dir / "models" / "model.pt")))
     for weights in (coarse, ckpt):
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: no trained weights; train with `make train` or pass other weights")
         check_checkpoint(weights)
+    return coarse, ckpt
+
+
+def run_bundle_inference(
+    datalist: list[dict[str, str]],
+    output_dir: Path,
+    bundle_dir: Path = DEFAULT_BUNDLE,
+    logging_file: Path | None = None,
+    **overrides: object,
+) -> None:
+    """Run ``bundle_dir/configs/inference.json`` over ``datalist``; writes ``<id>_seg.nii.gz`` to output_dir.
+
+    Both stages' weights (:func:`bundle_weights`) are checked first. ``logging_file``: a logging config to
+    use instead of the bundle's ``configs/logging.conf``."""
+    from monai.bundle import ConfigWorkflow
+
+    bundle_dir = Path(bundle_dir).resolve()
+    coarse, ckpt = bundle_weights(bundle_dir, **overrides)
+    overrides = {k: v for k, v in overrides.items() if k not in ("ckpt_path", "coarse_ckpt_path")}
     workflow = ConfigWorkflow(
         config_file=str(bundle_dir / "configs" / "inference.json"),
         meta_file=str(bundle_dir / "configs" / "metadata.json"),
-        logging_file=str(bundle_dir / "configs" / "logging.conf"),
+        logging_file=str(logging_file or bundle_dir / "configs" / "logging.conf"),
         workflow_type="infer",
         bundle_root=str(bundle_dir),
         ckpt_path=str(ckpt),
@@ -74,25 +110,74 @@ def run_bundle_inference(
         workflow.finalize()
 
 
+def read_for_segmentation(path: str | Path) -> Radiograph:
+    """:func:`read_radiograph`, refusing (:class:`InputFileError`) what cannot be segmented: an image under
+    :data:`MIN_SIDE` pixels a side, or one whose pixels all have the same value."""
+    radiograph = read_radiograph(path)
+    pixels = radiograph.pixels
+    if min(pixels.shape) < MIN_SIDE:
+        raise InputFileError(path, f"image is {pixels.shape[0]} x {pixels.shape[1]} px; at least {MIN_SIDE} px "
+                                   "a side is needed")
+    if pixels.min() == pixels.max():
+        raise InputFileError(path, f"image is blank (every pixel is {pixels.flat[0]}): nothing to segment")
+    return radiograph
+
+
 def _bundle_class_maps(
     radiographs: dict[str, Radiograph], tmp_dir: Path, bundle_dir: Path, **overrides: object
-) -> Iterator[tuple[str, np.ndarray]]:
-    """``(case, class map)`` from the bundle's ``inference.json`` (torch backend)."""
+) -> Iterator[tuple[str, np.ndarray | str]]:
+    """``(case, class map)`` from the bundle's ``inference.json`` (torch backend), or ``(case, cause)`` for an
+    image it failed on. The images run as one batch; if that fails, one by one, so that the others still come."""
+    images = {case: tmp_dir / "img" / f"{case}.nii" for case in radiographs}
     for case, radiograph in radiographs.items():
-        write_nifti(tmp_dir / "img" / f"{case}.nii", radiograph.pixels, radiograph.spacing)
-    datalist = [{"image": str(tmp_dir / "img" / f"{c}.nii")} for c in radiographs]
-    run_bundle_inference(datalist, tmp_dir / "pred", bundle_dir, **overrides)
+        write_nifti(images[case], radiograph.pixels, radiograph.spacing)
+
+    quiet = tmp_dir / "logging.conf"
+    write_text_atomic(quiet, QUIET_LOGGING)
+
+    def run(cases: list[str]) -> None:
+        datalist = [{"image": str(images[c])} for c in cases]
+        run_bundle_inference(datalist, tmp_dir / "pred", bundle_dir, logging_file=quiet, **overrides)
+
+    failed: dict[str, str] = {}
+    try:
+        run(list(radiographs))
+    except Exception:  # noqa: BLE001 - find the image(s) the bundle cannot take
+        for case in radiographs:
+            try:
+                run([case])
+            except Exception as err:  # noqa: BLE001 - MONAI/ITK/torch raise many types
+                failed[case] = f"segmentation failed ({type(err).__name__}: {err})"
     for case in radiographs:
-        yield case, read_nifti(tmp_dir / "pred" / f"{case}_seg.nii.gz")
+        pred = tmp_dir / "pred" / f"{case}_seg.nii.gz"
+        yield case, failed[case] if case in failed else read_nifti(pred)
+        images[case].unlink()
+        pred.unlink(missing_ok=True)
 
 
-def _onnx_class_maps(radiographs: dict[str, Radiograph], model: Path) -> Iterator[tuple[str, np.ndarray]]:
-    """``(case, class map)`` from the exported ONNX model with onnxruntime (onnx backend)."""
-    from spine_seg.onnx_predict import OnnxSegmenter
-
-    segment = OnnxSegmenter(model)
+def _onnx_class_maps(
+    radiographs: dict[str, Radiograph], segment: Callable[[np.ndarray], np.ndarray]
+) -> Iterator[tuple[str, np.ndarray | str]]:
+    """``(case, class map)`` from the exported ONNX model (onnx backend), or ``(case, cause)`` where it fails."""
     for case, radiograph in radiographs.items():
-        yield case, segment(radiograph.pixels)
+        try:
+            yield case, segment(radiograph.pixels)
+        except Exception as err:  # noqa: BLE001 - onnxruntime / numpy raise many types
+            yield case, f"segmentation failed ({type(err).__name__}: {err})"
+
+
+def _sources(images: list[Path], report: BatchReport) -> dict[str, Path]:
+    """Case id (file stem) -> image, in input order; two images with one id are both refused (``report.bad``)."""
+    report.cases = list(dict.fromkeys(Path(p).stem for p in images))
+    seen: dict[str, Path] = {}
+    for path in map(Path, images):
+        case = path.stem
+        if case in seen:
+            duplicate = f"{path}: same case id {case!r} as {seen[case]}; not segmented"
+            report.bad[case] = f"{report.bad[case]}; {duplicate}" if case in report.bad else duplicate
+            continue
+        seen[case] = path
+    return {case: path for case, path in seen.items() if case not in report.bad}
 
 
 def predict(
@@ -112,61 +197,96 @@ def predict(
 
     ``backend``: ``"torch"`` runs the bundle's ``inference.json`` (``overrides`` go to its config), ``"onnx"``
     runs ``onnx_model`` (default ``<bundle>/models/model.onnx``) with onnxruntime. ``dicom_seg`` also writes
-    ``<id>_seg.dcm``, a DICOM Segmentation referencing the source image. Unreadable images are reported in the
-    result and do not stop the others; ``out_dir/checks.csv`` lists every case with its status (ok, check: an
-    implausible prediction to review, bad: with the cause).
+    ``<id>_seg.dcm``, a DICOM Segmentation referencing the source image. The images are read and segmented
+    :data:`CHUNK` at a time. Unreadable images, and images the model fails on, are reported in the result and
+    do not stop the others; ``out_dir/checks.csv`` lists every case with its status (ok, check: an implausible
+    prediction to review, bad: with the cause). The arguments (weights, format and names, output folder) are
+    checked before any image is read.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "onnx" and overrides:
         raise ValueError(f"config overrides ({', '.join(overrides)}) apply to the torch backend only")
     out_dir = Path(out_dir)
-    report = BatchReport()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir}: the output folder is a file")
     n = num_structures(fmt.layout, fmt.channels)
+    if structure_names is not None and len(structure_names) != n:
+        raise ValueError(
+            f"{len(structure_names)} structure names ({', '.join(structure_names)}) but the {fmt.layout} format "
+            f"with {fmt.channels} channels holds {n} structures: give one name per structure of the model, and "
+            "its format (--dataset-json, or --layout and --channels)"
+        )
     names = structure_names or [f"Structure {k}" for k in range(1, n + 1)]
-    if dicom_seg and len(names) != n:
-        raise ValueError(f"{len(names)} structure names for {n} structures: {', '.join(names)}")
-    radiographs, sources = {}, {}
-    report.cases = list(dict.fromkeys(Path(p).stem for p in images))
-    for path in tqdm(images, desc="read", unit="img", disable=not progress):
-        case = Path(path).stem
-        if case in sources:
-            duplicate = f"{path}: same case id {case!r} as {sources[case]}; not segmented"
-            report.bad[case] = f"{report.bad[case]}; {duplicate}" if case in report.bad else duplicate
-            radiographs.pop(case, None)
-            continue
-        try:
-            radiographs[case] = read_radiograph(path)
-        except InputFileError as err:
-            report.bad[case] = str(err)
-        sources[case] = Path(path)
-    with tempfile.TemporaryDirectory(prefix="spine-seg-") as tmp:
-        if not radiographs:
-            class_maps: Iterator[tuple[str, np.ndarray]] = iter(())
-        elif backend == "onnx":
-            class_maps = _onnx_class_maps(radiographs, Path(onnx_model or bundle_dir / "models" / "model.onnx"))
-        else:
-            class_maps = _bundle_class_maps(radiographs, Path(tmp), bundle_dir, **overrides)
-        bar = tqdm(class_maps, desc="export", unit="img", total=len(radiographs), disable=not progress)
-        for case, class_map in bar:
-            radiograph = radiographs[case]
-            if class_map.shape != radiograph.pixels.shape:
-                report.bad[case] = f"{case}: prediction {class_map.shape} differs from image {radiograph.pixels.shape}"
-                continue
-            problems = plausibility_problems(class_map, n, structure_names)
-            if problems:
-                report.implausible[case] = problems
-            save_npy(out_dir / f"{case}.npy", class_map_to_challenge(class_map, fmt))
-            report.written.append(out_dir / f"{case}.npy")
-            if overlays:
-                save_overlay(out_dir / f"{case}.png", radiograph.pixels, class_map, warnings=problems)
-                report.written.append(out_dir / f"{case}.png")
-            if dicom_seg:
-                from spine_seg.dicom_seg import write_dicom_seg  # highdicom comes with the `export` extra
+    if backend == "onnx":
+        from spine_seg.onnx_predict import OnnxSegmenter
 
+        segmenter = OnnxSegmenter(Path(onnx_model or bundle_dir / "models" / "model.onnx"))
+    else:
+        bundle_weights(bundle_dir, **overrides)
+    report = BatchReport()
+    sources = _sources(images, report)
+    cases = list(sources)
+    bar = tqdm(total=len(cases), desc="predict", unit="img", disable=not progress)
+    with tempfile.TemporaryDirectory(prefix="spine-seg-") as tmp:
+        for start in range(0, len(cases), CHUNK):
+            radiographs = {}
+            for case in cases[start : start + CHUNK]:
                 try:
-                    report.written.append(write_dicom_seg(out_dir / f"{case}_seg.dcm", sources[case], class_map, names))
-                except Exception as err:  # noqa: BLE001 - highdicom raises many types; one bad source must not stop
-                    report.bad[case] = f"{case}: DICOM SEG not written ({type(err).__name__}: {err})"
+                    radiographs[case] = read_for_segmentation(sources[case])
+                except InputFileError as err:
+                    report.bad[case] = str(err)
+                except Exception as err:  # noqa: BLE001 - one odd file must not stop the batch
+                    report.bad[case] = f"{sources[case]}: cannot be read ({type(err).__name__}: {err})"
+            if not radiographs:
+                class_maps: Iterator[tuple[str, np.ndarray | str]] = iter(())
+            elif backend == "onnx":
+                class_maps = _onnx_class_maps(radiographs, segmenter)
+            else:
+                class_maps = _bundle_class_maps(radiographs, Path(tmp), bundle_dir, **overrides)
+            for case, class_map in class_maps:
+                if isinstance(class_map, str):
+                    report.bad[case] = f"{sources[case]}: {class_map}"
+                else:
+                    _write_case(case, radiographs[case], class_map, sources[case], out_dir, fmt, n, structure_names,
+                                names if dicom_seg else None, overlays, report)
+            bar.update(min(CHUNK, len(cases) - start))
+    bar.close()
+    report.note_earlier_outputs(out_dir, OUTPUT_SUFFIXES)
     report.write_checks(out_dir)
     return report
+
+
+def _write_case(
+    case: str,
+    radiograph: Radiograph,
+    class_map: np.ndarray,
+    source: Path,
+    out_dir: Path,
+    fmt: ExportFormat,
+    n: int,
+    structure_names: list[str] | None,
+    seg_names: list[str] | None,
+    overlay: bool,
+    report: BatchReport,
+) -> None:
+    """Check one predicted class map and write its ``.npy``, overlay PNG (``overlay``) and DICOM SEG (when
+    ``seg_names`` are given), recording what happened in ``report``."""
+    if class_map.shape != radiograph.pixels.shape:
+        report.bad[case] = f"{source}: prediction {class_map.shape} differs from image {radiograph.pixels.shape}"
+        return
+    problems = plausibility_problems(class_map, n, structure_names)
+    if problems:
+        report.implausible[case] = problems
+    save_npy(out_dir / f"{case}.npy", class_map_to_challenge(class_map, fmt))
+    report.written.append(out_dir / f"{case}.npy")
+    if overlay:
+        save_overlay(out_dir / f"{case}.png", radiograph.pixels, class_map, warnings=problems, names=structure_names)
+        report.written.append(out_dir / f"{case}.png")
+    if seg_names is not None:
+        from spine_seg.dicom_seg import write_dicom_seg  # highdicom comes with the `export` extra
+
+        try:
+            report.written.append(write_dicom_seg(out_dir / f"{case}_seg.dcm", source, class_map, seg_names))
+        except Exception as err:  # noqa: BLE001 - highdicom raises many types; one bad source must not stop
+            report.bad[case] = f"{source}: DICOM SEG not written ({type(err).__name__}: {err})"

@@ -110,6 +110,20 @@ def test_folds_are_deterministic_and_balanced(make_challenge: Callable[..., Path
     assert list(folds_a.values()) != sorted(folds_a.values())  # shuffled, not in id order
 
 
+def test_added_cases_leave_the_earlier_folds_alone(make_challenge: Callable[..., Path], tmp_path: Path,
+                                                   run_convert: Convert) -> None:
+    run_convert(make_challenge("raw", n_train=12, n_test=0), tmp_path / "out")
+    before = {r["id"]: r["fold"] for r in dataset_json(tmp_path / "out")["training"]}
+    grown = make_challenge("grown", n_train=15, n_test=0)  # ids 001-012 again, and three more
+    run_convert(grown, tmp_path / "out")
+    after = {r["id"]: r["fold"] for r in dataset_json(tmp_path / "out")["training"]}
+    assert {i: after[i] for i in before} == before, "a grown set keeps every earlier case in its fold"
+    assert sorted(np.bincount(list(after.values()), minlength=5)) == [3, 3, 3, 3, 3], "the new ones fill the gaps"
+    run_convert(grown, tmp_path / "fresh")
+    fresh = {r["id"]: r["fold"] for r in dataset_json(tmp_path / "fresh")["training"]}
+    assert fresh != after, "without an earlier dataset.json the folds are dealt afresh"
+
+
 def test_spacing_is_recorded(make_challenge: Callable[..., Path], tmp_path: Path, run_convert: Convert) -> None:
     src = make_challenge(n_train=2, n_test=1, spacing=(0.25, 0.3), spacing_attr="ImagerPixelSpacing")
     report = run_convert(src, tmp_path / "out")
@@ -437,8 +451,11 @@ def test_structure_names(challenge_dir: Path, tmp_path: Path, run_convert: Conve
     names = ["T12", "L1", "L2", "L3", "L4", "L5"]
     run_convert(challenge_dir, tmp_path / "out", structure_names=names)
     assert dataset_json(tmp_path / "out")["labels"] == {"0": "background", **dict(zip("123456", names, strict=True))}
-    with pytest.raises(ValueError, match="5 structure names given for 6 structures"):
+    with pytest.raises(ValueError, match="5 structure names given for 6 or 7 structures"):
         run_convert(challenge_dir, tmp_path / "out2", structure_names=names[:5])
+    assert not (tmp_path / "out2").exists()  # refused before converting anything
+    with pytest.raises(ValueError, match="7 structure names given for 6 structures"):  # one-hot's count; layout found
+        run_convert(challenge_dir, tmp_path / "out3", structure_names=[*names, "S1"])
 
 
 # --- batch behaviour ---------------------------------------------------------------------------------------------
@@ -529,7 +546,12 @@ def test_exit_codes(challenge_dir: Path, tmp_path: Path, capsys: pytest.CaptureF
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert run(empty, tmp_path / "nothing") == 1
+    capsys.readouterr()
+    assert run(empty, tmp_path / "nothing") == 2  # nothing to convert is an error, said in one line
+    assert f"error: {empty}: no DICOM files" in capsys.readouterr().err
+    assert not (tmp_path / "nothing").exists()
+    assert run(challenge_dir / "train" / "img" / "002.dcm", tmp_path / "nothing") == 2
+    assert "002.dcm: not a folder" in capsys.readouterr().err
 
 
 def test_failed_write_leaves_no_partial_file(challenge_dir: Path, tmp_path: Path, run_convert: Convert,

@@ -137,6 +137,62 @@ def test_pixel_spacing_wins_over_imager_pixel_spacing(tmp_path: Path, image: np.
     assert read_radiograph(path).spacing == (0.2, 0.3)
 
 
+@pytest.mark.parametrize("value", ["0.2", ["0", "0.3"], ["-1", "1"]])
+def test_unusable_spacing_is_ignored_with_a_warning(tmp_path: Path, image: np.ndarray, value: object) -> None:
+    path = write_dicom(tmp_path / "odd.dcm", image)
+    ds = pydicom.dcmread(path)
+    ds.PixelSpacing = value
+    ds.ImagerPixelSpacing = ["0.5", "0.6"]
+    ds.save_as(path)
+    radiograph = read_radiograph(path)
+    assert (radiograph.spacing, radiograph.spacing_source) == ((0.5, 0.6), "ImagerPixelSpacing")
+    assert len(radiograph.warnings) == 1 and "odd.dcm: PixelSpacing" in radiograph.warnings[0]
+    assert "not two positive numbers" in radiograph.warnings[0]
+
+
+def test_non_numeric_spacing_is_ignored(tmp_path: Path, image: np.ndarray) -> None:
+    path = write_dicom(tmp_path / "odd.dcm", image, spacing=(0.2, 0.2))
+    path.write_bytes(path.read_bytes().replace(b"0.2\\0.2", b"abc\\def"))
+    radiograph = read_radiograph(path)
+    assert (radiograph.spacing, radiograph.spacing_source) == ((1.0, 1.0), "default")
+    assert any("not two positive numbers" in w for w in radiograph.warnings), radiograph.warnings
+
+
+def test_rescale_slope_or_intercept_alone(tmp_path: Path, image: np.ndarray) -> None:
+    as_float = image.astype(np.float64)
+    for keyword, value, expected in [("RescaleSlope", "2", as_float * 2), ("RescaleIntercept", "-7", as_float - 7)]:
+        path = write_dicom(tmp_path / f"{keyword}.dcm", image)
+        ds = pydicom.dcmread(path)
+        setattr(ds, keyword, value)
+        ds.save_as(path)
+        np.testing.assert_array_equal(read_radiograph(path).pixels, expected)
+    path = write_dicom(tmp_path / "empty.dcm", image, rescale=(2.0, 0.0))
+    ds = pydicom.dcmread(path)
+    ds.RescaleSlope = ""  # empty: counts as 1
+    ds.save_as(path)
+    np.testing.assert_array_equal(read_radiograph(path).pixels, image)
+
+
+def test_non_numeric_rescale_is_a_clear_error(tmp_path: Path, image: np.ndarray) -> None:
+    path = write_dicom(tmp_path / "a.dcm", image, rescale=(2.0, 0.0))
+    slope = b"\x28\x00\x53\x10DS\x02\x002 "  # (0028,1053) RescaleSlope, DS of 2 bytes: "2 "
+    assert slope in path.read_bytes()
+    path.write_bytes(path.read_bytes().replace(slope, slope[:-2] + b"x "))
+    raises_input_error(path, "RescaleSlope", "is not a number")
+
+
+def test_modality_lut_sequence_is_applied(tmp_path: Path, image: np.ndarray) -> None:
+    path = write_dicom(tmp_path / "a.dcm", image)
+    ds = pydicom.dcmread(path)
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [256, 0, 16]
+    item.ModalityLUTType = "US"
+    item.add_new(0x00283006, "US", list(range(1000, 1256)))
+    ds.ModalityLUTSequence = pydicom.Sequence([item])
+    ds.save_as(path)
+    np.testing.assert_array_equal(read_radiograph(path).pixels, image.astype(np.int64) + 1000)
+
+
 def test_no_spacing_defaults_to_1mm_with_a_warning(tmp_path: Path, image: np.ndarray) -> None:
     path = write_dicom(tmp_path / "nospacing.dcm", image)
     radiograph = read_radiograph(path)
@@ -289,8 +345,10 @@ def test_multi_frame(tmp_path: Path, image: np.ndarray) -> None:
 def test_not_dicom(tmp_path: Path) -> None:
     path = tmp_path / "random.dcm"
     path.write_bytes(np.random.default_rng(0).bytes(2000))
-    raises_input_error(path, "not a readable DICOM file")
+    error = raises_input_error(path, "not a DICOM file", "'DICM' marker")
+    assert "force" not in error.cause, "no advice meant for pydicom's API"
 
 
-def test_missing_file(tmp_path: Path) -> None:
-    raises_input_error(tmp_path / "missing.dcm", "not a readable DICOM file")
+def test_missing_file_or_folder(tmp_path: Path) -> None:
+    raises_input_error(tmp_path / "missing.dcm", "no such file")
+    raises_input_error(tmp_path, "a folder, not a DICOM file")

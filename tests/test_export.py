@@ -16,7 +16,7 @@ from spine_seg.export import ExportFormat, class_map_to_challenge, export_dir
 from spine_seg.label_layout import LAYOUTS
 from spine_seg.mat_io import read_mask
 from spine_seg.nifti_io import write_nifti
-from spine_seg.overlay import BANNER, overlay_rgb, save_overlay
+from spine_seg.overlay import BANNER, PALETTE, overlay_rgb, save_overlay
 from spine_seg.phantom import make_phantom, write_challenge_folder
 
 
@@ -73,6 +73,38 @@ def test_export_reports_bad_files_and_keeps_going(tmp_path: Path) -> None:
     assert cli_main(["export", str(tmp_path / "pred"), str(tmp_path / "npy2"), "--no-progress"]) == 1
 
 
+def test_export_refuses_labels_that_are_not_classes(tmp_path: Path) -> None:
+    _, class_map = make_phantom((64, 48), seed=1)
+    write_nifti(tmp_path / "pred" / "001.nii.gz", class_map.astype(np.float32) + 0.5)  # not whole numbers
+    negative = class_map.astype(np.int16)
+    negative[0, 0] = -1
+    write_nifti(tmp_path / "pred" / "002.nii.gz", negative)
+    write_nifti(tmp_path / "pred" / "003.nii.gz", class_map.astype(np.float32))  # whole numbers as floats: fine
+    (tmp_path / "pred" / "004.nii.gz").write_bytes(b"\x1f\x8b not gzip")
+    report = export_dir(tmp_path / "pred", tmp_path / "npy", ExportFormat(), progress=False)
+    assert [p.name for p in report.written] == ["003.npy"]
+    assert "not whole numbers" in report.bad["001"] and "label -1" in report.bad["002"]
+    damaged = tmp_path / "pred" / "004.nii.gz"
+    assert report.bad["004"].startswith(f"{damaged}: not a readable NIfTI file"), "named once, then the cause"
+
+
+def test_export_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("x")
+    bad_json = tmp_path / "dataset.json"
+    bad_json.write_text("{not json")
+    for args, message in [
+        ([str(tmp_path / "nope"), str(tmp_path / "o")], "nope: no such folder"),
+        ([str(tmp_path / "file"), str(tmp_path / "o")], "file: not a folder of predictions"),
+        ([str(tmp_path / "empty"), str(tmp_path / "o")], "no prediction NIfTI files"),
+        ([str(tmp_path / "empty"), str(tmp_path / "file")], "file: the output folder is a file"),
+        ([str(tmp_path / "empty"), "o", "--dataset-json", str(bad_json)], "not a readable dataset.json"),
+    ]:
+        assert cli_main(["export", *args, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
 def test_class_map_to_challenge_layouts() -> None:
     class_map = np.array([[0, 1, 2], [6, 0, 3]], dtype=np.uint8)
     out = class_map_to_challenge(class_map, ExportFormat("background-last", 7))
@@ -123,3 +155,17 @@ def test_overlay_colours_structures_only(tmp_path: Path) -> None:
     np.testing.assert_array_equal(flagged[-5:], plain[-5:])  # the rest of the picture is left as it was
     with pytest.raises(ValueError, match="differ in size"):
         overlay_rgb(image, class_map[:10])
+
+
+def test_overlay_legend_names_each_colour(tmp_path: Path) -> None:
+    image, class_map = make_phantom((600, 400), seed=3)
+    names = ["T12", "L1", "L2", "L3", "L4", "L5"]
+    save_overlay(tmp_path / "named.png", image, class_map, names=names)
+    save_overlay(tmp_path / "other.png", image, class_map, names=["A", "B", "C", "D", "E", "F"])
+    named = np.asarray(Image.open(tmp_path / "named.png").convert("RGB"))
+    corner = named[named.shape[0] // 2 :, : named.shape[1] // 2]
+    for k in range(1, 7):  # an exact swatch of each structure's colour (the tinted overlay never is one)
+        assert (corner == PALETTE[k - 1].astype(np.uint8)).all(-1).sum() > 20, names[k - 1]
+    other = np.asarray(Image.open(tmp_path / "other.png").convert("RGB"))
+    assert (named != other).any(-1)[named.shape[0] // 2 :].any(), "the names are written"
+    np.testing.assert_array_equal(named[: named.shape[0] // 2], other[: other.shape[0] // 2])

@@ -72,6 +72,31 @@ def test_missing_or_wrong_checkpoint_is_named(tmp_path: Path, capsys: pytest.Cap
         export_model(wrong, tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="no-such-model.onnx: no ONNX model"):
         OnnxSegmenter(tmp_path / "no-such-model.onnx")
+    with pytest.raises(RuntimeError, match="wrong.pt: not a loadable ONNX model"):
+        OnnxSegmenter(wrong)
+
+
+def test_a_failed_export_leaves_the_earlier_files(
+    exported_model: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnx
+
+    out = tmp_path / "models"
+    out.mkdir()
+    for kind in ("torchscript", "onnx", "coarse_torchscript", "coarse_onnx"):
+        (out / exported_model[kind].name).write_bytes(b"earlier " + kind.encode())
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    checks = []
+
+    def fail_second(model: object) -> None:  # the stage-1 ONNX model, written last, fails its check
+        checks.append(model)
+        if len(checks) == 2:
+            raise onnx.checker.ValidationError("broken")
+
+    monkeypatch.setattr(onnx.checker, "check_model", fail_second)
+    with pytest.raises(onnx.checker.ValidationError):
+        export_model(exported_model["ckpt"], out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "the old set, no new or temporary files"
 
 
 @pytest.mark.parametrize("shape", [(200, 100), (150, 420), (700, 300)], ids=["up", "mixed", "down"])
