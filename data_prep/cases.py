@@ -35,10 +35,23 @@ def dicom_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in DICOM_SUFFIXES)
 
 
-def _mats(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() == ".mat"}
+def _mats(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """Case id -> ``.mat`` file in ``folder``, and the ids with more than one (``001.mat`` and ``001.MAT``)."""
+    by_id: dict[str, list[Path]] = {}
+    if folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            if p.is_file() and p.suffix.lower() == ".mat":
+                by_id.setdefault(p.stem, []).append(p)
+    return {i: ps[0] for i, ps in by_id.items() if len(ps) == 1}, {i: ps for i, ps in by_id.items() if len(ps) > 1}
+
+
+def _ambiguous(images: list[Path], twins: dict[str, list[Path]]) -> list[tuple[Path, str]]:
+    """A bad entry for each image whose case has more than one label file, and for those files."""
+    bad = [
+        (image, f"{len(twins[image.stem])} labels for this case ({', '.join(p.name for p in twins[image.stem])}); "
+                "none used") for image in images if image.stem in twins
+    ]
+    return bad + [(p, "another label has the same case id; none used") for ps in twins.values() for p in ps]
 
 
 def discover(root: str | Path) -> Discovery:
@@ -52,8 +65,10 @@ def discover(root: str | Path) -> Discovery:
     training: list[Case] = []
     test: list[Case] = []
     if (root / "train").is_dir() or (root / "test").is_dir():
-        masks = _mats(root / "train" / "label")
-        for image in dicom_files(root / "train" / "img"):
+        masks, twins = _mats(root / "train" / "label")
+        images = dicom_files(root / "train" / "img")
+        bad += _ambiguous(images, twins)
+        for image in (i for i in images if i.stem not in twins):
             mask = masks.pop(image.stem, None)
             if mask is None:
                 bad.append((image, f"training image has no label train/label/{image.stem}.mat"))
@@ -62,8 +77,10 @@ def discover(root: str | Path) -> Discovery:
         bad += [(m, "label has no image in train/img") for m in masks.values()]
         test = [Case(p.stem, p, None) for p in dicom_files(root / "test" / "img")]
     else:
-        masks = _mats(root)
-        for image in dicom_files(root):
+        masks, twins = _mats(root)
+        images = dicom_files(root)
+        bad += _ambiguous(images, twins)
+        for image in (i for i in images if i.stem not in twins):
             mask = masks.pop(image.stem, None)
             (training if mask else test).append(Case(image.stem, image, mask))
         bad += [(m, "label has no image") for m in masks.values()]

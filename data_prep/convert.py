@@ -12,6 +12,7 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,10 +214,15 @@ def convert(
     bar = tqdm(total=len(todo), desc="convert", unit="img", disable=not progress)
     if workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_safe_convert, c, out, options) for c in todo]
+            futures = {pool.submit(_safe_convert, c, out, options): c for c in todo}
             results = []
             for fut in as_completed(futures):
-                results.append(fut.result())
+                try:
+                    results.append(fut.result())
+                except BrokenProcessPool:  # a worker was killed (out of memory?): its case and the unfinished ones
+                    case = futures[fut]
+                    results.append((case, None, f"{case.image}: not converted: a worker process died (out of "
+                                                "memory?); run the conversion again, or with --workers 1"))
                 bar.update()
     else:
         results = []

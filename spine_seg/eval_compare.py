@@ -63,9 +63,9 @@ def paired_difference(
     if new.shape != base.shape or new.ndim != 1 or new.size < 2:
         raise ValueError(f"need two equal-length 1-D arrays of at least 2 cases, got {new.shape} and {base.shape}")
     diff = new - base
-    if np.allclose(diff, 0.0):
-        low = high = 0.0
-        p_value = 1.0
+    if np.allclose(diff, diff[0]):  # every case moved by the same amount: no spread to resample
+        low = high = float(diff.mean())
+        p_value = 1.0 if np.allclose(diff, 0.0) else float(stats.wilcoxon(diff).pvalue)
     else:
         ci = stats.bootstrap(
             (diff,), np.mean, n_resamples=resamples, method="BCa", random_state=np.random.default_rng(seed)

@@ -109,7 +109,10 @@ def resize_nearest(labels: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
 
 def spine_box(labels: np.ndarray, margins: Sequence[float], aspect: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(start, end)`` of the box around labels > 0: the bundle's ``SpineBoxCrop`` (no shift, no zoom)."""
+    """``(start, end)`` of the box around labels > 0: the bundle's ``SpineBoxCrop`` (no shift, no zoom).
+
+    A copy on purpose: the bundle's ``scripts/spine_crop.py`` needs torch and MONAI, and this backend must not;
+    ``tests/test_spine_crop.py`` keeps the two equal."""
     rows, cols = np.nonzero(labels > 0)
     if rows.size == 0:
         return np.zeros(2, dtype=int), np.asarray(labels.shape)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ import pydicom
 import pytest
 from pydicom.uid import MPEG2MPML
 
+import data_prep.convert as convert_module
 import spine_seg.nifti_io
 from data_prep.cli import main
 from data_prep.convert import Options, Report
@@ -410,6 +412,17 @@ def test_duplicate_case_id(challenge_dir: Path, tmp_path: Path, run_convert: Con
     assert not any(p.exists() for p in outputs_of(tmp_path / "out", "001"))
 
 
+def test_two_labels_for_one_case(challenge_dir: Path, tmp_path: Path, run_convert: Convert) -> None:
+    label = challenge_dir / "train" / "label" / "002.mat"
+    shutil.copyfile(label, label.with_suffix(".MAT"))
+    report = run_convert(challenge_dir, tmp_path / "out")
+    bad = dict(report.bad)
+    image = str(challenge_dir / "train" / "img" / "002.dcm")
+    assert bad[image].endswith("2 labels for this case (002.MAT, 002.mat); none used")
+    assert set(bad) == {image, str(label), str(label.with_suffix(".MAT"))}
+    assert sorted(report.converted) == [i for i in ALL_IDS if i != "002"], "002 is neither trained on nor a test case"
+
+
 def test_empty_structure_is_a_warning(challenge_dir: Path, tmp_path: Path, run_convert: Convert) -> None:
     mask = _mask(challenge_dir)
     mask[..., 6] |= mask[..., 2]
@@ -609,3 +622,24 @@ def test_real_data(real_data: Path, real_converted: tuple[Path, Report]) -> None
         if step % 10 == 0:  # a bit-for-bit check against the .mat on every tenth case
             mask = read_mask(real_data / "train" / "label" / f"{record['id']}.mat")
             np.testing.assert_array_equal(from_class_map(label, "background-last", 7), mask)
+
+
+def test_a_dying_worker_costs_only_the_unfinished_cases(challenge_dir: Path, tmp_path: Path, run_convert: Convert,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = convert_module.convert_case
+
+    def dying(case: object, out: Path, options: object) -> dict:
+        if getattr(case, "case_id", "") == "002":
+            os._exit(137)  # what an out-of-memory kill looks like to the pool
+        return real(case, out, options)
+
+    monkeypatch.setattr(convert_module, "convert_case", dying)  # the forked workers inherit it
+    report = run_convert(challenge_dir, tmp_path / "out", workers=2)
+    bad = dict(report.bad)
+    assert any("002.dcm: not converted: a worker process died" in m for m in bad.values())
+    assert all("worker process died" in m for m in bad.values()), bad
+    ds = dataset_json(tmp_path / "out")  # what finished is recorded; the rest is converted on the next run
+    assert sorted(r["id"] for r in ds["training"] + ds["test"]) == sorted(report.converted)
+    monkeypatch.setattr(convert_module, "convert_case", real)
+    again = run_convert(challenge_dir, tmp_path / "out", workers=2)
+    assert again.bad == [] and sorted(again.converted + again.skipped) == ALL_IDS

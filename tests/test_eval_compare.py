@@ -44,6 +44,13 @@ def test_identical_evaluations_differ_by_nothing() -> None:
     assert (result.difference, result.ci_low, result.ci_high, result.p_value) == (0.0, 0.0, 0.0, 1.0)
 
 
+def test_the_same_gain_in_every_case_has_a_point_interval() -> None:
+    base = np.linspace(0.1, 0.9, 12)
+    result = paired_difference(base + 0.02, base)
+    assert result.ci_low == pytest.approx(0.02) and result.ci_high == pytest.approx(0.02), "no NaN interval"
+    assert result.p_value < 0.01 and result.better == 12
+
+
 def test_unequal_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="equal-length"):
         paired_difference(np.ones(3), np.ones(4))
