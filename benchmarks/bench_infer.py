@@ -51,6 +51,7 @@ def main() -> None:
     config = ConfigParser()
     config.read_config(str(bundle / "configs" / "inference.json"))
     config["bundle_root"] = str(bundle)
+    config.get_parsed_content("initialize")  # what `monai.bundle run` does first (seed, oneDNN cache capacity)
     device = config.get_parsed_content("device")
     network = config.get_parsed_content("network").eval()
     ckpt = Path(config.get_parsed_content("ckpt_path"))

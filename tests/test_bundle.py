@@ -110,6 +110,25 @@ def test_training_and_inference_configs_use_the_same_grids(
     assert trained.get_parsed_content(key) == served.get_parsed_content(key)
 
 
+@pytest.mark.parametrize("configs", [["inference.json"], ["train.json", "evaluate.json"]], ids=["infer", "evaluate"])
+def test_inference_caps_onednn_primitive_cache(
+        configs: list[str], bundle_config: Callable[..., ConfigParser], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """oneDNN caches a kernel per input shape, and every radiograph has its own size: without the cap a long
+    CPU run keeps growing (see bundle/docs, "Inference cost"). A value the user has set is kept."""
+    def initialize() -> None:
+        config = bundle_config(*configs)
+        config["output_dir"] = str(tmp_path)  # evaluate's initialize makes it
+        config.get_parsed_content("initialize")
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    initialize()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "32"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")
+    initialize()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "8"
+
+
 def test_training_beats_untrained_model(phantom_data: Path, trained: dict, tmp_path: Path) -> None:
     assert trained["ckpt"].is_file() and trained["coarse"].is_file(), trained["log"][-3000:]
     untrained = tmp_path / "untrained.pt"
