@@ -129,6 +129,24 @@ def test_inference_caps_onednn_primitive_cache(
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "8"
 
 
+def test_inference_datalist_is_dataset_json_test_cases(bundle_config: Callable[..., ConfigParser],
+                                                        tmp_path: Path) -> None:
+    """Cases in dataset.json's test list, not whatever lies in imagesTs/ (e.g. a case whose DICOM went bad
+    since an earlier conversion); a folder of NIfTIs without a dataset.json is globbed."""
+    (tmp_path / "imagesTs").mkdir()
+    for name in ("501.nii.gz", "stale.nii.gz"):
+        (tmp_path / "imagesTs" / name).touch()
+
+    def datalist() -> list[dict[str, str]]:
+        config = bundle_config("inference.json")
+        config["dataset_dir"] = str(tmp_path)
+        return config.get_parsed_content("datalist")
+
+    assert [Path(d["image"]).name for d in datalist()] == ["501.nii.gz", "stale.nii.gz"]
+    (tmp_path / "dataset.json").write_text(json.dumps({"test": [{"id": "501", "image": "imagesTs/501.nii.gz"}]}))
+    assert datalist() == [{"image": str(tmp_path / "imagesTs" / "501.nii.gz")}]
+
+
 def test_training_beats_untrained_model(phantom_data: Path, trained: dict, tmp_path: Path) -> None:
     assert trained["ckpt"].is_file() and trained["coarse"].is_file(), trained["log"][-3000:]
     untrained = tmp_path / "untrained.pt"
