@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -84,7 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     text, _ = table(eval_dir, args.dataset_json)
     learning_curve(args.run_dir, out / "learning_curve.png")
     files, _, dice = read_raw(eval_dir / "val_mean_dice_raw.csv")
-    order = np.argsort(np.nanmean(dice, axis=1))
+    with warnings.catch_warnings():  # a case without any scored vertebra has no mean, and is not picked
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(dice, axis=1)
+    order = [i for i in np.argsort(means) if not np.isnan(means[i])]
+    if not order:
+        raise ValueError(f"{eval_dir / 'val_mean_dice_raw.csv'}: no case has a Dice score")
     picks = {"worst": order[0], "median": order[len(order) // 2], "best": order[-1]}
     data_dir = Path(args.dataset_json).parent
     lines = ["# Fold-0 validation report", "", text, "", "![learning curve](learning_curve.png)", ""]
