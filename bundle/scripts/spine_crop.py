@@ -143,7 +143,10 @@ class CoarseSpineMaskd(MapTransform):
     def load(self) -> None:
         """Load ``ckpt_path`` into the network (a bare state dict or one under ``"model"``); clear error if bad."""
         if not os.path.isfile(self.ckpt_path):
-            raise FileNotFoundError(f"{self.ckpt_path}: no stage-1 (coarse) weights; train them with `make train`")
+            raise FileNotFoundError(
+                f"{self.ckpt_path}: no stage-1 (coarse) weights; train them with `make train`, or, run from outside "
+                "the repository root or the bundle folder, pass --bundle_root"
+            )
         try:
             state = torch.load(self.ckpt_path, map_location=self.device, weights_only=True)
             self.network.load_state_dict(state.get("model", state))
