@@ -78,18 +78,18 @@ def bundle_weights(bundle_dir: Path = DEFAULT_BUNDLE, **overrides: object) -> tu
 def run_bundle_inference(
     datalist: list[dict[str, str]],
     output_dir: Path,
-    bundle_dir: Path = DEFAULT_BUNDLE,
+    bundle_dir: Path,
+    coarse: Path,
+    ckpt: Path,
     logging_file: Path | None = None,
     **overrides: object,
 ) -> None:
-    """Run ``bundle_dir/configs/inference.json`` over ``datalist``; writes ``<id>_seg.nii.gz`` to output_dir.
-
-    Both stages' weights (:func:`bundle_weights`) are checked first. ``logging_file``: a logging config to
-    use instead of the bundle's ``configs/logging.conf``."""
+    """Run ``bundle_dir/configs/inference.json`` over ``datalist`` with the stage-1 and stage-2 weights
+    ``coarse`` and ``ckpt`` (checked by :func:`bundle_weights`); writes ``<id>_seg.nii.gz`` to output_dir.
+    ``logging_file``: a logging config to use instead of the bundle's ``configs/logging.conf``."""
     from monai.bundle import ConfigWorkflow
 
     bundle_dir = Path(bundle_dir).resolve()
-    coarse, ckpt = bundle_weights(bundle_dir, **overrides)
     overrides = {k: v for k, v in overrides.items() if k not in ("ckpt_path", "coarse_ckpt_path")}
     workflow = ConfigWorkflow(
         config_file=str(bundle_dir / "configs" / "inference.json"),
@@ -124,28 +124,21 @@ def read_for_segmentation(path: str | Path) -> Radiograph:
 
 
 def _bundle_class_maps(
-    radiographs: dict[str, Radiograph], tmp_dir: Path, bundle_dir: Path, **overrides: object
+    radiographs: dict[str, Radiograph], tmp_dir: Path, run: Callable[[list[dict[str, str]], Path], None]
 ) -> Iterator[tuple[str, np.ndarray | str]]:
-    """``(case, class map)`` from the bundle's ``inference.json`` (torch backend), or ``(case, cause)`` for an
-    image it failed on. The images run as one batch; if that fails, one by one, so that the others still come."""
+    """``(case, class map)`` from ``run(datalist, output_dir)``, the bundle's ``inference.json`` (torch
+    backend), or ``(case, cause)`` for an image it failed on. The images run as one batch; if that fails, one by
+    one, so that the others still come."""
     images = {case: tmp_dir / "img" / f"{case}.nii" for case in radiographs}
     for case, radiograph in radiographs.items():
         write_nifti(images[case], radiograph.pixels, radiograph.spacing)
-
-    quiet = tmp_dir / "logging.conf"
-    write_text_atomic(quiet, QUIET_LOGGING)
-
-    def run(cases: list[str]) -> None:
-        datalist = [{"image": str(images[c])} for c in cases]
-        run_bundle_inference(datalist, tmp_dir / "pred", bundle_dir, logging_file=quiet, **overrides)
-
     failed: dict[str, str] = {}
     try:
-        run(list(radiographs))
+        run([{"image": str(images[c])} for c in radiographs], tmp_dir / "pred")
     except Exception:  # noqa: BLE001 - find the image(s) the bundle cannot take
         for case in radiographs:
             try:
-                run([case])
+                run([{"image": str(images[case])}], tmp_dir / "pred")
             except Exception as err:  # noqa: BLE001 - MONAI/ITK/torch raise many types
                 failed[case] = f"segmentation failed ({type(err).__name__}: {err})"
     for case in radiographs:
@@ -223,12 +216,18 @@ def predict(
 
         segmenter = OnnxSegmenter(Path(onnx_model or bundle_dir / "models" / "model.onnx"))
     else:
-        bundle_weights(bundle_dir, **overrides)
+        weights = bundle_weights(bundle_dir, **overrides)  # checked once, before any image is read
     report = BatchReport()
     sources = _sources(images, report)
     cases = list(sources)
     bar = tqdm(total=len(cases), desc="predict", unit="img", disable=not progress)
     with tempfile.TemporaryDirectory(prefix="spine-seg-") as tmp:
+        quiet = Path(tmp) / "logging.conf"
+        write_text_atomic(quiet, QUIET_LOGGING)
+
+        def run(datalist: list[dict[str, str]], output_dir: Path) -> None:
+            run_bundle_inference(datalist, output_dir, bundle_dir, *weights, logging_file=quiet, **overrides)
+
         for start in range(0, len(cases), CHUNK):
             radiographs = {}
             for case in cases[start : start + CHUNK]:
@@ -243,7 +242,7 @@ def predict(
             elif backend == "onnx":
                 class_maps = _onnx_class_maps(radiographs, segmenter)
             else:
-                class_maps = _bundle_class_maps(radiographs, Path(tmp), bundle_dir, **overrides)
+                class_maps = _bundle_class_maps(radiographs, Path(tmp), run)
             for case, class_map in class_maps:
                 if isinstance(class_map, str):
                     report.bad[case] = f"{sources[case]}: {class_map}"

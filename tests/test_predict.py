@@ -35,7 +35,7 @@ def fake_bundle(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """Replace the bundle (weights check and inference run); returns the list of batches it was asked to run."""
     runs: list[list[str]] = []
 
-    def run(datalist: list[dict[str, str]], output_dir: Path, bundle_dir: Path, **overrides: object) -> None:
+    def run(datalist: list[dict[str, str]], output_dir: Path, *args: object, **kwargs: object) -> None:
         names = [Path(d["image"]).name.removesuffix(".nii") for d in datalist]
         runs.append(names)
         if any("poison" in n for n in names):
