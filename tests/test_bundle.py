@@ -165,6 +165,32 @@ def test_training_beats_untrained_model(phantom_data: Path, trained: dict, tmp_p
         assert read_nifti(pred).shape == read_nifti(phantom_data / "labelsTr" / f"{cid}.nii.gz").shape
 
 
+def newest_checkpoint(run_dir: Path) -> Path:
+    return max(run_dir.glob("checkpoint_epoch=*.pt"), key=lambda p: int(p.stem.split("=")[1]))
+
+
+def test_stage_2_ships_the_mean_of_its_best_and_last_weights(trained: dict, phantom_data: Path) -> None:
+    """``finalize`` writes mean(best-validation, last epoch) to models/model.pt; stage 1 ships its best weights. A
+    finished run started again (``make train`` after both stages are done) trains nothing and writes the same
+    bytes."""
+    run_dir, shipped = trained["work"] / "run", trained["ckpt"]
+    best, last = torch.load(run_dir / "best_model.pt"), torch.load(newest_checkpoint(run_dir))["model"]
+    weights = torch.load(shipped)
+    assert weights.keys() == best.keys()
+    for k, v in weights.items():
+        torch.testing.assert_close(v, (best[k] + last[k]) / 2)
+    assert any(not torch.equal(best[k], last[k]) for k in best), "best and last epochs are different weights"
+    assert not list((trained["work"] / "coarse").glob("best_*")), "stage 1 is not averaged"
+    before = shipped.read_bytes()
+    epochs = newest_checkpoint(run_dir).stem.split("=")[1]
+    log = bundle_run(
+        "run", "training", "--config_file", str(CONFIGS / "train.json"), "--dataset_dir", str(phantom_data),
+        "--run_dir", str(run_dir), "--ckpt_dir", str(shipped.parent), "--max_epochs", epochs, *SMALL,
+    )
+    assert f"Epoch: {epochs}/{epochs}" not in log, "a finished run trains nothing when started again"
+    assert shipped.read_bytes() == before
+
+
 def test_interrupted_training_resumes(trained: dict, phantom_data: Path) -> None:
     run_dir = trained["work"] / "run"
     ckpts = sorted(run_dir.glob("checkpoint_epoch=*.pt"))

@@ -1,0 +1,66 @@
+"""Average a network's weights over checkpoints of one training run (e.g. its best-validation and last epochs).
+
+``train.json``'s ``finalize`` writes the mean of stage 2's best-validation and last-epoch weights to
+``models/model.pt``: in two runs of the same recipe it scored higher than the best weights alone (see
+bundle/docs, "Training record").
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Sequence
+
+import torch
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The network's ``state_dict`` from ``path``: a bare one (the best-validation file) or the ``model`` entry
+    of a training checkpoint (model, optimiser, scheduler, trainer)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
+        ckpt = ckpt["model"]
+    if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise ValueError(f"{path}: not a network state_dict nor a checkpoint with a 'model' entry")
+    return ckpt
+
+
+def average_weights(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of the floating-point tensors (weights and BatchNorm statistics) of ``states``;
+    integer tensors (BatchNorm's ``num_batches_tracked``) are taken from the last state."""
+    if not states:
+        raise ValueError("no weights to average")
+    last = states[-1]
+    for i, state in enumerate(states):
+        if state.keys() != last.keys():
+            raise ValueError(f"weights {i} and {len(states) - 1} hold different tensors: "
+                             f"{sorted(state.keys() ^ last.keys())[:5]}")
+        shapes = [k for k in last if state[k].shape != last[k].shape]
+        if shapes:
+            raise ValueError(f"weights {i} and {len(states) - 1} differ in the shape of {shapes[:5]}")
+    return {
+        k: torch.stack([s[k] for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v.clone()
+        for k, v in last.items()
+    }
+
+
+def average_checkpoints(paths: Sequence[str | os.PathLike], output: str | os.PathLike) -> str:
+    """Write the mean of the weights in ``paths`` (see :func:`load_weights`) to ``output`` as a bare
+    ``state_dict``, the format of the best-validation file; atomically (temporary file, then rename). The same
+    weights give the same bytes: ``torch.save`` names its archive after the file, so it saves to memory first."""
+    buffer = io.BytesIO()
+    torch.save(average_weights([load_weights(p) for p in paths]), buffer)
+    output = os.fspath(output)
+    folder, name = os.path.split(output)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder or ".")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getvalue())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return output
