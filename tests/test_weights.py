@@ -1,10 +1,12 @@
-"""Weight averaging over checkpoints of one run (bundle/scripts/average_weights.py, train.json's ``finalize``)."""
+"""Weight averaging over checkpoints of one run (bundle/scripts.weights.py, train.json's ``finalize``)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +16,8 @@ from monai.networks.nets import BasicUNet
 from spine_seg.predict import DEFAULT_BUNDLE
 
 sys.path.insert(0, str(DEFAULT_BUNDLE))
-from scripts.average_weights import average_checkpoints, average_weights, load_weights  # noqa: E402
+from scripts.best_weights import BestWeightsSaver  # noqa: E402
+from scripts.weights import average_checkpoints, average_weights, load_weights  # noqa: E402
 
 
 def net_state(seed: int) -> dict[str, torch.Tensor]:
@@ -98,9 +101,10 @@ def test_stage_2_alone_averages_and_keeps_its_best_weights_in_the_run(
     assert config.get_parsed_content("average_best_last") is averaged
     best = config.get_parsed_content("best_ckpt")
     assert best == ("/runs/x/best_model.pt" if averaged else "/models/coarse.pt")
-    saver = next(h for h in config["validate"]["handlers"] if h["_target_"] == "CheckpointSaver")
-    assert saver["save_dir"] == "$os.path.dirname(@best_ckpt)"
-    assert saver["key_metric_filename"] == "$os.path.basename(@best_ckpt)"
+    index = next(i for i, h in enumerate(config["validate"]["handlers"]) if h["_target_"].endswith("BestWeightsSaver"))
+    saver = config.get_parsed_content(f"validate#handlers#{index}")
+    assert (saver.path, saver.state_file) == (best, "/runs/x/best_metric.json")
+    assert saver.network is config.get_parsed_content("network")
 
 
 def test_finalize_averages_once_and_never_in_evaluation(bundle_config: Callable[..., ConfigParser]) -> None:
@@ -112,3 +116,49 @@ def test_finalize_averages_once_and_never_in_evaluation(bundle_config: Callable[
     assert ddp["finalize"][0] == single[0] and "destroy_process_group" in ddp["finalize"][-1]
     assert ddp["rank"] == "$torch.distributed.get_rank()"
     assert bundle_config("train.json", "evaluate.json")["finalize"] == []
+
+
+def validated(saver: BestWeightsSaver, net: torch.nn.Module, epoch: int, dice: float) -> None:
+    """One validation at ``epoch`` scoring ``dice``, as the evaluator reports it to its handlers."""
+    with torch.no_grad():
+        next(net.parameters()).fill_(epoch)  # each epoch's weights can be told apart
+    engine = SimpleNamespace(state=SimpleNamespace(metrics={"val_mean_dice": dice}, key_metric_name="val_mean_dice",
+                                                   epoch=epoch))
+    saver(engine)  # type: ignore[arg-type]
+
+
+def saved_epoch(path: Path) -> int:
+    return int(next(iter(torch.load(path, weights_only=True).values())).flatten()[0])
+
+
+def test_best_weights_survive_a_resumed_run(tmp_path: Path) -> None:
+    """A resumed run compares with the best score of the epochs before it (MONAI's CheckpointSaver forgets it
+    and overwrites the best file at the first validation after resuming); a fresh run starts over."""
+    net = torch.nn.Linear(2, 2)
+    best, state = tmp_path / "best_model.pt", tmp_path / "best_metric.json"
+    saver = BestWeightsSaver(net, str(best), str(state))
+    for epoch, dice in [(1, 0.5), (2, 0.7), (3, 0.6), (4, float("nan"))]:
+        validated(saver, net, epoch, dice)
+    assert saved_epoch(best) == 2
+    assert json.loads(state.read_text()) == {"metric": 0.7, "epoch": 2, "path": str(best)}
+
+    resumed = BestWeightsSaver(net, str(best), str(state), resume=True)
+    validated(resumed, net, 5, 0.65)
+    assert saved_epoch(best) == 2, "a lower score after resuming must not replace the best weights"
+    validated(resumed, net, 6, 0.75)
+    assert saved_epoch(best) == 6 and json.loads(state.read_text())["epoch"] == 6
+
+    fresh = BestWeightsSaver(net, str(best), str(state))
+    validated(fresh, net, 1, 0.1)
+    assert saved_epoch(best) == 1 and json.loads(state.read_text())["metric"] == 0.1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_metric.json", "best_model.pt"]
+
+
+def test_a_resumed_run_without_a_score_saves_its_first_validation(tmp_path: Path) -> None:
+    """Runs started before the score file existed resume as MONAI's saver did: the first validation is kept."""
+    net = torch.nn.Linear(2, 2)
+    saver = BestWeightsSaver(torch.nn.DataParallel(net), str(tmp_path / "best.pt"), str(tmp_path / "s.json"),
+                             resume=True)
+    validated(saver, net, 7, 0.2)
+    assert saved_epoch(tmp_path / "best.pt") == 7
+    assert set(torch.load(tmp_path / "best.pt", weights_only=True)) == {"weight", "bias"}, "wrapper unwrapped"

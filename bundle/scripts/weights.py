@@ -1,7 +1,8 @@
-"""Average a network's weights over checkpoints of one training run (e.g. its best-validation and last epochs).
+"""Network weights on disk: read a bare ``state_dict`` or a training checkpoint, write one atomically, and
+average the weights of one run's checkpoints (e.g. its best-validation and last epochs).
 
 ``train.json``'s ``finalize`` writes the mean of stage 2's best-validation and last-epoch weights to
-``models/model.pt``: in two runs of the same recipe it scored higher than the best weights alone (see
+``models/model.pt``: in three runs of the recipe it scored higher than the best weights alone (see
 bundle/docs, "Training record").
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -26,9 +27,34 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return ckpt
 
 
-def average_weights(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The element-wise mean of the floating-point tensors (weights and BatchNorm statistics) of ``states``;
-    integer tensors (BatchNorm's ``num_batches_tracked``) are taken from the last state."""
+def write_atomic(path: str | os.PathLike, data: bytes) -> str:
+    """Write ``data`` to ``path`` through a temporary file beside it, renamed over ``path`` when complete."""
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder or ".")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def save_weights(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> str:
+    """Write ``state`` to ``path`` atomically. The same weights give the same bytes: ``torch.save`` names its
+    archive after the file it writes, so it saves to memory first."""
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    return write_atomic(path, buffer.getvalue())
+
+
+def average_weights(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of the floating-point tensors of ``states`` (weights, and BatchNorm statistics where
+    a network has them); integer tensors (BatchNorm's ``num_batches_tracked``) are taken from the last state."""
     if not states:
         raise ValueError("no weights to average")
     last = states[-1]
@@ -47,20 +73,5 @@ def average_weights(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torc
 
 def average_checkpoints(paths: Sequence[str | os.PathLike], output: str | os.PathLike) -> str:
     """Write the mean of the weights in ``paths`` (see :func:`load_weights`) to ``output`` as a bare
-    ``state_dict``, the format of the best-validation file; atomically (temporary file, then rename). The same
-    weights give the same bytes: ``torch.save`` names its archive after the file, so it saves to memory first."""
-    buffer = io.BytesIO()
-    torch.save(average_weights([load_weights(p) for p in paths]), buffer)
-    output = os.fspath(output)
-    folder, name = os.path.split(output)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder or ".")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(buffer.getvalue())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return output
+    ``state_dict``, the format of the best-validation file."""
+    return save_weights(average_weights([load_weights(p) for p in paths]), output)
