@@ -24,6 +24,8 @@ from monai.transforms import (
     ScaleIntensityRangePercentiles,
 )
 
+from .weights import load_weights
+
 
 class SpineBoxCrop(CropForeground):
     """Crop a ``(C, H, W)`` image to the box around the labels > 0 of a ``(1, H, W)`` label map.
@@ -148,8 +150,7 @@ class CoarseSpineMaskd(MapTransform):
                 "the repository root or the bundle folder, pass --bundle_root"
             )
         try:
-            state = torch.load(self.ckpt_path, map_location=self.device, weights_only=True)
-            self.network.load_state_dict(state.get("model", state))
+            self.network.load_state_dict(load_weights(self.ckpt_path))
         except Exception as err:  # noqa: BLE001 - torch.load / load_state_dict raise many types
             raise RuntimeError(f"{self.ckpt_path}: cannot load the stage-1 weights ({err})") from err
         self.network.to(self.device).eval()
