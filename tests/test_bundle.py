@@ -215,7 +215,8 @@ def test_interrupted_training_resumes(trained: dict, phantom_data: Path) -> None
     )
     assert "Epoch: 17/17" in log
     assert "Epoch: 1/17" not in log, "training restarted from scratch instead of resuming"
-    assert (run_dir / "checkpoint_epoch=17.pt").is_file()
+    assert [p.name for p in run_dir.glob("checkpoint_epoch=*.pt")] == ["checkpoint_epoch=17.pt"], \
+        "the resumed run keeps one checkpoint, its last"
 
 
 def test_inference_restores_original_size_and_exports(trained: dict, phantom_data: Path, tmp_path: Path) -> None:

@@ -14,9 +14,8 @@ import os
 
 import torch
 from ignite.engine import Engine, Events
-from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-from .weights import save_weights, write_atomic
+from .weights import bare_network, save_weights, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +49,7 @@ class BestWeightsSaver:
         value = float(engine.state.metrics[name])
         if math.isnan(value) or (self.best is not None and value <= self.best):
             return
-        net = self.network.module if isinstance(self.network, (DataParallel, DistributedDataParallel)) else self.network
-        save_weights(net.state_dict(), self.path)
+        save_weights(bare_network(self.network).state_dict(), self.path)
         record = {"metric": value, "epoch": engine.state.epoch, "path": self.path}
         write_atomic(self.state_file, json.dumps(record, indent=1).encode())
         logger.info("best %s %.4f at epoch %d: weights saved to %s", name, value, engine.state.epoch, self.path)

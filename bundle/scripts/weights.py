@@ -12,8 +12,15 @@ import io
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
+from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+
+def bare_network(obj: Any) -> Any:
+    """``obj``'s wrapped module if it is a ``DataParallel`` / ``DistributedDataParallel`` wrapper, else ``obj``."""
+    return obj.module if isinstance(obj, (DataParallel, DistributedDataParallel)) else obj
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
