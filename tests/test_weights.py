@@ -1,4 +1,4 @@
-"""Weight averaging over checkpoints of one run (bundle/scripts.weights.py, train.json's ``finalize``)."""
+"""Weight averaging over checkpoints of one run (bundle/scripts/weights.py, train.json's ``finalize``)."""
 
 from __future__ import annotations
 

@@ -9,16 +9,14 @@ and then deletes the run's other checkpoints, whichever run wrote them.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from ignite.engine import Engine, Events
 
-from .weights import bare_network, write_atomic
+from .weights import bare_network, save_atomic
 
 PREFIX = "checkpoint_epoch="
 CHECKPOINT = re.compile(rf"{re.escape(PREFIX)}(\d+)\.pt")
@@ -29,8 +27,9 @@ TEMPORARY = re.compile(rf"\.{re.escape(PREFIX)}\d+\.pt\.[^/]+\.tmp")
 def latest_checkpoint(run_dir: str) -> str:
     """The path of ``run_dir``'s ``checkpoint_epoch=N.pt`` of the highest N, ``""`` if it has none (or no
     ``run_dir``)."""
-    found = [(int(m[1]), name) for name in os.listdir(run_dir) if (m := CHECKPOINT.fullmatch(name))] \
-        if os.path.isdir(run_dir) else []
+    if not os.path.isdir(run_dir):
+        return ""
+    found = [(int(m[1]), name) for name in os.listdir(run_dir) if (m := CHECKPOINT.fullmatch(name))]
     return os.path.join(run_dir, max(found)[1]) if found else ""
 
 
@@ -59,9 +58,8 @@ class LatestCheckpointSaver:
 
     def __call__(self, engine: Engine) -> None:
         epoch = engine.state.epoch
-        buffer = io.BytesIO()
-        torch.save({k: bare_network(v).state_dict() for k, v in self.save_dict.items()}, buffer)
-        kept = os.path.basename(write_atomic(self.path(epoch), buffer.getvalue()))
+        state = {k: bare_network(v).state_dict() for k, v in self.save_dict.items()}
+        kept = os.path.basename(save_atomic(state, self.path(epoch)))
         for name in os.listdir(self.save_dir):
             if name != kept and (CHECKPOINT.fullmatch(name) or TEMPORARY.fullmatch(name)):
                 os.remove(os.path.join(self.save_dir, name))

@@ -1,4 +1,4 @@
-"""Network weights on disk: read a bare ``state_dict`` or a training checkpoint, write one atomically, and
+"""Network weights on disk: read a bare ``state_dict`` or a training checkpoint, write either atomically, and
 average the weights of one run's checkpoints (e.g. its best-validation and last epochs).
 
 ``train.json``'s ``finalize`` writes the mean of stage 2's best-validation and last-epoch weights to
@@ -51,12 +51,17 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> str:
     return path
 
 
-def save_weights(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> str:
-    """Write ``state`` to ``path`` atomically. The same weights give the same bytes: ``torch.save`` names its
-    archive after the file it writes, so it saves to memory first."""
+def save_atomic(obj: Any, path: str | os.PathLike) -> str:
+    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`write_atomic`). The same object gives the same
+    bytes: ``torch.save`` names its archive after the file it writes, so it saves to memory first."""
     buffer = io.BytesIO()
-    torch.save(dict(state), buffer)
+    torch.save(obj, buffer)
     return write_atomic(path, buffer.getvalue())
+
+
+def save_weights(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> str:
+    """Write the network weights ``state`` to ``path`` as a bare ``state_dict``, atomically."""
+    return save_atomic(dict(state), path)
 
 
 def average_weights(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
