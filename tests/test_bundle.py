@@ -27,6 +27,9 @@ from spine_seg.phantom import write_challenge_folder
 from spine_seg.predict import DEFAULT_BUNDLE as BUNDLE
 from spine_seg.predict import predict
 
+sys.path.insert(0, str(BUNDLE))
+from scripts.spine_crop import CoarseSpineMaskd  # noqa: E402
+
 REPO = BUNDLE.parent
 CONFIGS = BUNDLE / "configs"
 # Small grids and short schedules: phantoms are simple, CI has two CPU cores.
@@ -128,6 +131,26 @@ def test_inference_caps_onednn_primitive_cache(
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")
     initialize()
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "8"
+
+
+@pytest.mark.parametrize(("configs", "prefix"),
+                         [(["inference.json"], ""), (["train.json", "evaluate.json"], "validate#")],
+                         ids=["infer", "evaluate"])
+def test_loader_runs_stage_1_in_process_on_cuda(configs: list[str], prefix: str,
+                                                bundle_config: Callable[..., ConfigParser]) -> None:
+    """Stage 1 runs inside these loaders' preprocessing, on ``device``. CUDA cannot be used in a forked loader
+    worker once the parent has used it, so on a GPU the loader must work in-process; on the CPU it keeps the
+    bundle's ``num_workers``."""
+    def workers(device: str | torch.device, num_workers: int) -> int:
+        config = bundle_config(*configs)
+        config["device"], config["num_workers"] = device, num_workers
+        return config.get_parsed_content(f"{prefix}dataloader#num_workers")
+
+    transforms = bundle_config(*configs).get_parsed_content(f"{prefix}dataset#transform").transforms
+    assert any(isinstance(t, CoarseSpineMaskd) for t in transforms)
+    assert workers("cpu", 2) == 2
+    assert workers("cuda", 2) == workers("cuda:1", 2) == 0
+    assert workers(torch.device("cuda", 0), 2) == 0
 
 
 def test_inference_datalist_is_dataset_json_test_cases(bundle_config: Callable[..., ConfigParser],
