@@ -7,11 +7,16 @@ PY := $(VENV)/bin/python
 RAW ?= ../shared/data/aasce
 DATA ?= data/aasce
 FOLD ?= 0
-RUN_DIR ?= $(HOME)/.cache/spine-seg/train-fold$(FOLD)
+# Training runs (checkpoints, logs) live outside git, one folder per dataset and fold: train-fold0 for the shared set.
+RUN_DIR ?= $(HOME)/.cache/spine-seg/$(if $(filter $(abspath $(DATA)),$(abspath data/aasce)),train,$(notdir $(abspath $(DATA))))-fold$(FOLD)
 OUT ?= out
-CKPT ?= bundle/models/model.pt
-COARSE_CKPT ?= bundle/models/coarse.pt
+# MODELS: where make train writes both stages' weights and where the other targets take them from; point it
+# elsewhere for a model of your own (see README, "Training on your own data").
+MODELS ?= bundle/models
+CKPT ?= $(MODELS)/model.pt
+COARSE_CKPT ?= $(MODELS)/coarse.pt
 STRUCTURES ?= T12,L1,L2,L3,L4,L5
+CHANNELS ?= 7
 BUNDLE_RUN := $(PY) -m monai.bundle run --logging_file bundle/configs/logging.conf
 INSTALLED := $(VENV)/.installed
 # MONAI Label has its own venv: its pins (numpy<2, pydicom<3, torch 2.14) clash with setup.cfg's.
@@ -39,17 +44,23 @@ test: install label-install
 lint: install
 	$(VENV)/bin/ruff check .
 
+CONVERT = $(PY) -m data_prep $(RAW) $(DATA) --structure-names $(STRUCTURES) --channels $(CHANNELS)
+# convert-data converts new and changed cases; the targets that need the data convert only where $(DATA) holds no
+# conversion yet, so that `make train DATA=...` never converts the default RAW into a data set of your own.
 convert-data: install
-	$(PY) -m data_prep $(RAW) $(DATA) --structure-names $(STRUCTURES)
+	$(CONVERT)
+
+$(DATA)/dataset.json: | install
+	$(CONVERT)
 
 # Two stages, each resumable from its last checkpoint in $(RUN_DIR)/<stage>: the whole-image coarse network
-# (bundle/models/coarse.pt), then the fine network on the box around the vertebrae (bundle/models/model.pt).
-train: convert-data
+# ($(MODELS)/coarse.pt), then the fine network on the box around the vertebrae ($(MODELS)/model.pt).
+train: $(DATA)/dataset.json
 	mkdir -p $(RUN_DIR)/coarse $(RUN_DIR)/fine
 	$(BUNDLE_RUN) training --config_file "['bundle/configs/train.json','bundle/configs/train_coarse.json']" \
-		--dataset_dir $(DATA) --fold $(FOLD) --run_dir $(RUN_DIR)/coarse 2>&1 | tee -a $(RUN_DIR)/coarse/train.log
+		--dataset_dir $(DATA) --fold $(FOLD) --ckpt_dir $(MODELS) --run_dir $(RUN_DIR)/coarse 2>&1 | tee -a $(RUN_DIR)/coarse/train.log
 	$(BUNDLE_RUN) training --config_file bundle/configs/train.json \
-		--dataset_dir $(DATA) --fold $(FOLD) --run_dir $(RUN_DIR)/fine 2>&1 | tee -a $(RUN_DIR)/fine/train.log
+		--dataset_dir $(DATA) --fold $(FOLD) --ckpt_dir $(MODELS) --run_dir $(RUN_DIR)/fine 2>&1 | tee -a $(RUN_DIR)/fine/train.log
 
 # EVAL_ARGS: bundle overrides, e.g. "--validate#spine_crop#source_key label" (boxes from the expert label: an
 # upper bound for stage 1, evaluation only); EVAL_OUT: where to write (default out/eval); EVAL_BASE: an earlier
@@ -59,12 +70,12 @@ EVAL_OUT ?= $(OUT)/eval
 EVAL_BASE ?=
 evaluate: install
 	$(BUNDLE_RUN) --config_file "['bundle/configs/train.json','bundle/configs/evaluate.json']" \
-		--dataset_dir $(DATA) --fold $(FOLD) --output_dir $(EVAL_OUT) $(EVAL_ARGS)
+		--dataset_dir $(DATA) --fold $(FOLD) --ckpt_dir $(MODELS) --output_dir $(EVAL_OUT) $(EVAL_ARGS)
 	$(PY) -m spine_seg.evaluation_table $(EVAL_OUT) --dataset-json $(DATA)/dataset.json
 	$(if $(EVAL_BASE),$(PY) -m spine_seg.eval_compare $(EVAL_OUT) $(EVAL_BASE) --levels-right $(DATA)/labelsTr)
 
 # Expert labels: implausible outlines, and each case's levels against the set (offsets from make evaluate if run)
-audit-labels: convert-data
+audit-labels: $(DATA)/dataset.json
 	$(PY) -m spine_seg.label_audit $(DATA)/dataset.json --out $(OUT)/label_audit.csv \
 		$(if $(wildcard $(OUT)/eval/pred),--eval-dir $(OUT)/eval)
 
@@ -72,21 +83,25 @@ report: install
 	$(PY) -m spine_seg.report --eval-dir $(OUT)/eval --run-dir $(RUN_DIR)/fine --dataset-json $(DATA)/dataset.json \
 		--out docs/figures
 
-predict-test: convert-data
-	$(PY) -m spine_seg.cli predict $(RAW)/test/img --out $(OUT)/test-npy --dataset-json $(DATA)/dataset.json
+predict-test: $(DATA)/dataset.json
+	$(PY) -m spine_seg.cli predict $(RAW)/test/img --out $(OUT)/test-npy --dataset-json $(DATA)/dataset.json \
+		--weights $(CKPT) --coarse-weights $(COARSE_CKPT)
 
 demo: install
 	$(PY) -m spine_seg.demo --raw $(RAW) --out $(OUT)/demo
 
-infer: convert-data
-	$(BUNDLE_RUN) --config_file bundle/configs/inference.json --dataset_dir $(DATA) --output_dir $(OUT)/pred
+# INFER_ARGS: bundle overrides, e.g. "--num_classes 6" for weights of another class count than the shipped 7
+INFER_ARGS ?=
+infer: $(DATA)/dataset.json
+	$(BUNDLE_RUN) --config_file bundle/configs/inference.json --dataset_dir $(DATA) --output_dir $(OUT)/pred \
+		--ckpt_path $(CKPT) --coarse_ckpt_path $(COARSE_CKPT) $(INFER_ARGS)
 
 export: infer
 	$(PY) -m spine_seg.cli export $(OUT)/pred $(OUT)/npy --dataset-json $(DATA)/dataset.json
 
 # TorchScript (MONAI ckpt_export) + ONNX of the trained weights, for deployment (`spine-seg predict --backend onnx`).
 export-model: install
-	$(PY) -m spine_seg.model_export --ckpt $(CKPT) --coarse-ckpt $(COARSE_CKPT) --out-dir bundle/models
+	$(PY) -m spine_seg.model_export --ckpt $(CKPT) --coarse-ckpt $(COARSE_CKPT) --out-dir $(MODELS)
 
 bench-convert: install
 	$(PY) benchmarks/bench_convert.py

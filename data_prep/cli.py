@@ -22,6 +22,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--structure-names", help="comma-separated names of the structures, in channel order")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--strict", action="store_true", help="exit non-zero when any file is bad")
+    parser.add_argument(
+        "--new-source", action="store_true",
+        help="out holds a conversion of another folder, a copy of the same data set: convert src into it anyway",
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -29,7 +33,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def run(args: argparse.Namespace) -> int:
     options = Options(args.label_key, args.channels, args.label_layout)
     names = args.structure_names.split(",") if args.structure_names else None
-    report = convert(args.src, args.out, options, names, args.workers, progress=not args.no_progress)
+    report = convert(args.src, args.out, options, names, args.workers, progress=not args.no_progress,
+                     new_source=args.new_source)
     print(report.table())
     print(f"dataset: {os.path.join(args.out, 'dataset.json')}")
     if not (report.converted or report.skipped) or (args.strict and report.bad):

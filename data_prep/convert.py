@@ -180,6 +180,18 @@ def assign_folds(
     return {i: folds[i] for i in case_ids}
 
 
+def _check_same_source(dataset: dict, src: Path, out: Path) -> None:
+    """Raise ValueError when ``out``'s ``dataset.json`` records another source folder than ``src``: converting
+    into it would mix two data sets (cases of one id replacing each other). Conversions written before
+    ``source`` was recorded are not checked."""
+    source = dataset.get("source")
+    if source is not None and Path(source) != src.resolve():
+        raise ValueError(
+            f"{out} holds a conversion of {source}; converting {src} into it would mix two data sets: give another "
+            "output folder, or --new-source if it is a new copy of the same data set"
+        )
+
+
 def convert(
     src: str | Path,
     out: str | Path,
@@ -187,8 +199,11 @@ def convert(
     structure_names: list[str] | None = None,
     workers: int = 1,
     progress: bool = True,
+    new_source: bool = False,
 ) -> Report:
-    """Convert every case under ``src`` into ``out``; bad cases are reported, never fatal."""
+    """Convert every case under ``src`` into ``out``; bad cases are reported, never fatal. ``out`` may hold an
+    earlier conversion of ``src`` (only new and changed cases are converted again), or of another folder only
+    with ``new_source`` (a new copy of the same data set: its cases replace those of the same id)."""
     src, out = Path(src), Path(out)
     layouts = [options.label_layout] if options.label_layout else LAYOUTS
     check_structure_names(structure_names, layouts, options.channels)
@@ -202,6 +217,8 @@ def convert(
     previous: dict[str, dict] = {}
     if dataset_json.is_file():
         old = read_dataset_json(dataset_json)
+        if not new_source:
+            _check_same_source(old, src, out)
         previous = {r["id"]: r for r in old.get("training", []) + old.get("test", [])}
     records: dict[str, dict] = {}
     todo = []
@@ -255,6 +272,7 @@ def convert(
     dataset = {
         "name": src.name,
         "description": f"Converted from {src} by data_prep",
+        "source": str(src.resolve()),
         "tensorImageSize": "2D",
         "modality": {"0": "X-ray"},
         "labels": {"0": "background", **{str(k): name for k, name in enumerate(names, start=1)}},

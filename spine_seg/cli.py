@@ -13,7 +13,7 @@ from spine_seg.errors import run_reporting_errors
 from spine_seg.evaluation_table import structure_names
 from spine_seg.export import ExportFormat, export_dir, shapes_from_dataset_json
 from spine_seg.label_layout import LAYOUTS, num_structures
-from spine_seg.predict import BACKENDS, DEFAULT_BUNDLE, predict
+from spine_seg.predict import BACKENDS, DEFAULT_BUNDLE, bundle_structure_names, predict
 
 
 def _format(args: argparse.Namespace) -> ExportFormat:
@@ -69,7 +69,14 @@ def _positive(text: str) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    names = args.structure_names.split(",") if args.structure_names else None
+    fmt = _format(args)
+    if args.structure_names:
+        names = args.structure_names.split(",")
+    elif args.dataset_json:
+        names = structure_names(args.dataset_json, num_structures(fmt.layout, fmt.channels))
+    else:
+        shipped = bundle_structure_names(Path(args.bundle))
+        names = shipped if num_structures(fmt.layout, fmt.channels) == len(shipped) else None
     onnx = args.backend == "onnx"
     if onnx and args.coarse_weights:
         raise ValueError("--coarse-weights is for the torch backend; with --backend onnx the stage-1 model is the "
@@ -78,7 +85,7 @@ def _predict(args: argparse.Namespace) -> int:
     weights = {"ckpt_path": args.weights, "coarse_ckpt_path": args.coarse_weights}
     overrides = {k: v for k, v in weights.items() if v and not onnx}
     report = predict(
-        images, args.out, _format(args), Path(args.bundle), not args.no_overlay, names, not args.no_progress,
+        images, args.out, fmt, Path(args.bundle), not args.no_overlay, names, not args.no_progress,
         backend=args.backend, onnx_model=args.weights if onnx else None, dicom_seg=args.dicom_seg, **overrides,
     )
     print(f"wrote {len(report.written)} files to {args.out}; {report.summary()}; every case's status in "
@@ -114,7 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch: the bundle's inference.json; onnx: the exported model.onnx with onnxruntime",
     )
     pred.add_argument("--dicom-seg", action="store_true", help="also write <id>_seg.dcm, a DICOM Segmentation")
-    pred.add_argument("--structure-names", default="T12,L1,L2,L3,L4,L5")
+    pred.add_argument(
+        "--structure-names",
+        help="comma-separated, in label order; default: --dataset-json's labels, else those of the bundle's "
+        "metadata.json (T12,L1,L2,L3,L4,L5) where the format has as many structures",
+    )
     pred.add_argument("--limit", type=_positive, help="only the first N images")
     pred.add_argument("--no-overlay", action="store_true")
     pred.add_argument("--no-progress", action="store_true")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from data_prep.cases import dicom_files
 from spine_seg.batch_report import CHECKS_FILE
-from spine_seg.predict import DEFAULT_BUNDLE, predict
+from spine_seg.predict import DEFAULT_BUNDLE, bundle_structure_names, predict
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         root = write_challenge_folder(out / "phantom-input", n_train=0, n_test=args.count, shape=(1024, 512))
         images = dicom_files(root / "test" / "img")
         print(f"demo: {args.raw} not found, so using {len(images)} generated PHANTOM radiographs in {root}")
-    report = predict(images, out, bundle_dir=Path(args.bundle), structure_names=["T12", "L1", "L2", "L3", "L4", "L5"])
+    bundle = Path(args.bundle)
+    report = predict(images, out, bundle_dir=bundle, structure_names=bundle_structure_names(bundle))
     for line in report.problem_lines():
         print(line)
     npys = sorted(p for p in report.written if p.suffix == ".npy")

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 from spine_seg.atomic import atomic_path
 from spine_seg.onnx_predict import INPUT_NAME, OUTPUT_NAME, SPEC_KEY, InferenceSpec
-from spine_seg.predict import DEFAULT_BUNDLE, check_checkpoint
+from spine_seg.predict import DEFAULT_BUNDLE, checkpoint_classes, load_state, stage_classes
 
 ONNX_OPSET = 17
 
@@ -31,7 +33,8 @@ def _config_files(bundle_dir: Path) -> tuple[Path, Path]:
     return bundle_dir / "configs" / "inference.json", bundle_dir / "configs" / "metadata.json"
 
 
-def _parser(bundle_dir: Path) -> Any:
+def _parser(bundle_dir: Path, num_classes: int | None = None) -> Any:
+    """``inference.json`` with ``metadata.json``; ``num_classes`` (background included) replaces the config's."""
     from monai.bundle import ConfigParser
 
     if str(bundle_dir) not in sys.path:  # the bundle's `scripts` package, as `monai.bundle run` adds it
@@ -40,30 +43,32 @@ def _parser(bundle_dir: Path) -> Any:
     parser = ConfigParser()
     parser.read_config(str(config))
     parser.read_meta(str(meta))
+    if num_classes is not None:
+        parser["num_classes"] = num_classes
     return parser
 
 
 def _load_state(ckpt: Path) -> tuple[dict, str]:
-    """The state dict in ``ckpt`` and its key: ``""`` when plain, ``"model"`` in a trainer checkpoint."""
-    import torch
-
+    """:func:`~spine_seg.predict.load_state`, with a clear error for a missing file."""
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt}: checkpoint not found; train with `make train` or pass --ckpt")
-    check_checkpoint(ckpt)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    return (state["model"], "model") if isinstance(state.get("model"), dict) else (state, "")
+    return load_state(ckpt)
 
 
-def build_network(bundle_dir: str | Path = DEFAULT_BUNDLE, net_id: str = "network_def") -> Any:
-    """A freshly initialised ``net_id`` (``network_def`` or ``coarse_network_def``) of ``inference.json``."""
-    return _parser(Path(bundle_dir)).get_parsed_content(net_id)
+def build_network(
+    bundle_dir: str | Path = DEFAULT_BUNDLE, net_id: str = "network_def", num_classes: int | None = None
+) -> Any:
+    """A freshly initialised ``net_id`` (``network_def`` or ``coarse_network_def``) of ``inference.json``, with
+    ``num_classes`` outputs instead of the config's when given."""
+    return _parser(Path(bundle_dir), num_classes).get_parsed_content(net_id)
 
 
 def load_network(ckpt: str | Path, bundle_dir: str | Path = DEFAULT_BUNDLE, net_id: str = "network_def") -> Any:
-    """The bundle's ``net_id`` with the weights of ``ckpt`` (loaded strictly), on the CPU, in eval mode."""
+    """The bundle's ``net_id`` with the weights of ``ckpt`` (loaded strictly), on the CPU, in eval mode; it has
+    as many classes as the weights."""
     ckpt = Path(ckpt)
     state, _ = _load_state(ckpt)
-    net = build_network(bundle_dir, net_id)
+    net = build_network(bundle_dir, net_id, checkpoint_classes(ckpt))
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
@@ -71,9 +76,10 @@ def load_network(ckpt: str | Path, bundle_dir: str | Path = DEFAULT_BUNDLE, net_
     return net.eval()
 
 
-def inference_spec(bundle_dir: str | Path = DEFAULT_BUNDLE) -> InferenceSpec:
-    """Read the ONNX path's parameters from ``inference.json`` (Resized, ScaleIntensityRangePercentilesd, ...)."""
-    parser = _parser(Path(bundle_dir))
+def inference_spec(bundle_dir: str | Path = DEFAULT_BUNDLE, num_classes: int | None = None) -> InferenceSpec:
+    """Read the ONNX path's parameters from ``inference.json`` (Resized, ScaleIntensityRangePercentilesd, ...),
+    for a model of ``num_classes`` classes instead of the config's when given."""
+    parser = _parser(Path(bundle_dir), num_classes)
     transforms = parser["preprocessing"]["transforms"]
     ids = {t.get("_target_"): f"preprocessing#transforms#{i}" for i, t in enumerate(transforms)}
     coarse_id, crop_id = "scripts.spine_crop.CoarseSpineMaskd", "scripts.spine_crop.SpineBoxCropd"
@@ -106,18 +112,24 @@ def inference_spec(bundle_dir: str | Path = DEFAULT_BUNDLE) -> InferenceSpec:
 def export_torchscript(
     ckpt: str | Path, out: str | Path, bundle_dir: str | Path = DEFAULT_BUNDLE, net_id: str = "network_def"
 ) -> Path:
-    """Write ``out`` (``.ts``) with MONAI's ``ckpt_export`` after checking that ``ckpt`` fits ``net_id``."""
-    from monai.bundle import ckpt_export
+    """Write ``out`` (``.ts``) with MONAI's ``ckpt_export`` after checking that ``ckpt`` fits ``net_id``. The
+    network and the ``inference.json`` stored in ``out`` have the weights' class count: ``ckpt_export`` stores
+    the config file as it is on disk, so it gets a copy with that ``num_classes``."""
+    from monai.bundle import ConfigParser, ckpt_export
 
     ckpt, out, bundle_dir = Path(ckpt), Path(out), Path(bundle_dir)
     load_network(ckpt, bundle_dir, net_id)  # ckpt_export copies weights non-strictly; refuse a mismatch first
     _, key = _load_state(ckpt)
     config, meta = _config_files(bundle_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    ckpt_export(
-        net_id, filepath=str(out), ckpt_file=str(ckpt), meta_file=str(meta), config_file=str(config),
-        key_in_ckpt=key, bundle_root=str(bundle_dir),
-    )
+    with tempfile.TemporaryDirectory(prefix="spine-seg-") as tmp:
+        stored = Path(tmp) / config.name
+        stored.write_text(json.dumps({**ConfigParser.load_config_file(config), "num_classes": checkpoint_classes(ckpt)},
+                                     indent=4))
+        ckpt_export(
+            net_id, filepath=str(out), ckpt_file=str(ckpt), meta_file=str(meta), config_file=str(stored),
+            key_in_ckpt=key, bundle_root=str(bundle_dir),
+        )
     return out
 
 
@@ -161,7 +173,7 @@ def export_model(
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
     coarse_ckpt = Path(coarse_ckpt or bundle_dir / "models" / "coarse.pt")
     net, coarse = load_network(ckpt, bundle_dir), load_network(coarse_ckpt, bundle_dir, "coarse_network_def")
-    spec = inference_spec(bundle_dir)
+    spec = inference_spec(bundle_dir, stage_classes(coarse_ckpt, Path(ckpt)))
     targets = {
         "torchscript": out_dir / "model.ts",
         "onnx": out_dir / "model.onnx",

@@ -7,9 +7,11 @@ original grid, largest component per vertebra); this module only feeds it and ex
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -50,8 +52,17 @@ format=%(name)s - %(levelname)s - %(message)s
 """
 
 
-def check_checkpoint(ckpt: Path) -> None:
-    """Raise RuntimeError naming ``ckpt`` when it is not a loadable PyTorch state dict."""
+def bundle_structure_names(bundle_dir: Path = DEFAULT_BUNDLE) -> list[str]:
+    """The structures the bundle's own model segments, in label order: ``metadata.json``'s output
+    ``channel_def`` without the background (channel 0)."""
+    meta = json.loads((Path(bundle_dir) / "configs" / "metadata.json").read_text())
+    channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+    return [channels[str(k)] for k in range(1, len(channels))]
+
+
+def load_state(ckpt: Path) -> tuple[dict, str]:
+    """The state dict in ``ckpt`` and its key: ``""`` when plain, ``"model"`` in a trainer checkpoint. Raises
+    RuntimeError naming ``ckpt`` when it is not a loadable PyTorch state dict."""
     import torch
 
     try:
@@ -60,19 +71,46 @@ def check_checkpoint(ckpt: Path) -> None:
         raise RuntimeError(f"{ckpt}: cannot load the weights ({type(err).__name__}: {err})") from err
     if not isinstance(state, dict):
         raise RuntimeError(f"{ckpt}: cannot load the weights (a state dict is expected, got {type(state).__name__})")
+    return (state["model"], "model") if isinstance(state.get("model"), dict) else (state, "")
 
 
-def bundle_weights(bundle_dir: Path = DEFAULT_BUNDLE, **overrides: object) -> tuple[Path, Path]:
+def checkpoint_classes(ckpt: Path) -> int:
+    """The number of classes (background included) that the BasicUNet weights in ``ckpt`` predict: the output
+    channels of their ``final_conv``. Raises RuntimeError naming ``ckpt`` for other files."""
+    bias = load_state(ckpt)[0].get("final_conv.bias")
+    if bias is None or bias.ndim != 1:
+        raise RuntimeError(f"{ckpt}: not the weights of the bundle's BasicUNet (no final_conv.bias)")
+    return int(bias.shape[0])
+
+
+def stage_classes(coarse: Path, fine: Path) -> int:
+    """The class count of the stage-1 (``coarse``) and stage-2 (``fine``) weights, which must be the same."""
+    classes = checkpoint_classes(coarse), checkpoint_classes(fine)
+    if classes[0] != classes[1]:
+        raise RuntimeError(f"{coarse} predicts {classes[0]} classes but {fine} {classes[1]}: the two stages must "
+                           "come from one training set")
+    return classes[1]
+
+
+class Weights(NamedTuple):
+    """The two stages' checkpoints and the number of classes (background included) that both predict."""
+
+    coarse: Path
+    fine: Path
+    num_classes: int
+
+
+def bundle_weights(bundle_dir: Path = DEFAULT_BUNDLE, **overrides: object) -> Weights:
     """The stage-1 and stage-2 checkpoints (``coarse_ckpt_path``, ``ckpt_path`` in ``overrides``, default the
-    bundle's), each checked to be a loadable state dict."""
+    bundle's), each checked to be a loadable state dict, and their class count, which must be the same: a model
+    trained on other structures than the shipped one is served with its own class count."""
     bundle_dir = Path(bundle_dir).resolve()
     coarse = Path(str(overrides.get("coarse_ckpt_path", bundle_dir / "models" / "coarse.pt")))
     ckpt = Path(str(overrides.get("ckpt_path", bundle_dir / "models" / "model.pt")))
     for weights in (coarse, ckpt):
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: no trained weights; train with `make train` or pass other weights")
-        check_checkpoint(weights)
-    return coarse, ckpt
+    return Weights(coarse, ckpt, stage_classes(coarse, ckpt))
 
 
 def run_bundle_inference(
@@ -85,7 +123,7 @@ def run_bundle_inference(
     **overrides: object,
 ) -> None:
     """Run ``bundle_dir/configs/inference.json`` over ``datalist`` with the stage-1 and stage-2 weights
-    ``coarse`` and ``ckpt`` (checked by :func:`bundle_weights`); writes ``<id>_seg.nii.gz`` to output_dir.
+    ``coarse`` and ``ckpt`` (from :func:`bundle_weights`); writes ``<id>_seg.nii.gz`` to output_dir.
     ``logging_file``: a logging config to use instead of the bundle's ``configs/logging.conf``."""
     from monai.bundle import ConfigWorkflow
 
@@ -215,8 +253,17 @@ def predict(
         from spine_seg.onnx_predict import OnnxSegmenter
 
         segmenter = OnnxSegmenter(Path(onnx_model or bundle_dir / "models" / "model.onnx"))
+        model, model_structures = segmenter.model_path, len(segmenter.spec.structure_labels)
     else:
         weights = bundle_weights(bundle_dir, **overrides)  # checked once, before any image is read
+        model, model_structures = weights.fine, weights.num_classes - 1
+        overrides = {"num_classes": weights.num_classes, **overrides}
+    if model_structures != n:
+        raise ValueError(
+            f"{model} predicts {model_structures} structures but the {fmt.layout} format with {fmt.channels} "
+            f"channels holds {n}: give the format of the data it was trained on (--dataset-json, or --layout and "
+            "--channels)"
+        )
     report = BatchReport()
     sources = _sources(images, report)
     cases = list(sources)
@@ -226,7 +273,8 @@ def predict(
         write_text_atomic(quiet, QUIET_LOGGING)
 
         def run(datalist: list[dict[str, str]], output_dir: Path) -> None:
-            run_bundle_inference(datalist, output_dir, bundle_dir, *weights, logging_file=quiet, **overrides)
+            run_bundle_inference(datalist, output_dir, bundle_dir, weights.coarse, weights.fine, logging_file=quiet,
+                                 **overrides)
 
         for start in range(0, len(cases), CHUNK):
             radiographs = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ from monai.bundle import ConfigParser
 
 from data_prep.convert import Report, convert
 from spine_seg.phantom import write_challenge_folder
-from spine_seg.predict import DEFAULT_BUNDLE
+from spine_seg.predict import DEFAULT_BUNDLE, bundle_structure_names
 
 # Small, non-square and asymmetric so that a swapped or flipped axis changes the shape or the content.
 SMALL_SHAPE = (64, 48)
@@ -57,16 +58,30 @@ def tree_hash() -> Callable[[Path], dict[str, str]]:
     return hash_tree
 
 
-def read_bundle_config(*names: str) -> ConfigParser:
-    """The bundle's ``configs/<name>`` files, read in order (later ones override earlier ones)."""
+def read_bundle_config(*names: str, dataset_dir: Path | None = None) -> ConfigParser:
+    """The bundle's ``configs/<name>`` files, read in order (later ones override earlier ones), with
+    ``dataset_dir`` set when given."""
     parser = ConfigParser()
     parser.read_config([str(DEFAULT_BUNDLE / "configs" / name) for name in names])
+    if dataset_dir is not None:
+        parser["dataset_dir"] = str(dataset_dir)
     return parser
 
 
+@pytest.fixture(scope="session")
+def shipped_labels_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset folder whose ``dataset.json`` holds only the labels of the shipped model (background, T12-L5),
+    from which ``train.json`` takes its class count."""
+    root = tmp_path_factory.mktemp("labels-only")
+    labels = {"0": "background", **{str(k): name for k, name in enumerate(bundle_structure_names(), 1)}}
+    (root / "dataset.json").write_text(json.dumps({"labels": labels, "training": []}))
+    return root
+
+
 @pytest.fixture
-def bundle_config() -> Callable[..., ConfigParser]:
-    return read_bundle_config
+def bundle_config(shipped_labels_dataset: Path) -> Callable[..., ConfigParser]:
+    """:func:`read_bundle_config` on a dataset with the shipped model's labels (no images)."""
+    return lambda *names: read_bundle_config(*names, dataset_dir=shipped_labels_dataset)
 
 
 @pytest.fixture

@@ -17,15 +17,16 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from data_prep.convert import convert
+from data_prep.convert import Options, convert
 from spine_seg.batch_report import CHECKS_FILE
 from spine_seg.dicom_io import read_radiograph
+from spine_seg.evaluation_table import table as evaluation_table
 from spine_seg.export import ExportFormat, export_dir
-from spine_seg.model_export import build_network
+from spine_seg.model_export import build_network, export_model
 from spine_seg.nifti_io import read_nifti
 from spine_seg.phantom import write_challenge_folder
 from spine_seg.predict import DEFAULT_BUNDLE as BUNDLE
-from spine_seg.predict import predict
+from spine_seg.predict import checkpoint_classes, predict
 
 sys.path.insert(0, str(BUNDLE))
 from scripts.spine_crop import CoarseSpineMaskd  # noqa: E402
@@ -300,6 +301,14 @@ def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     corrupt.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(RuntimeError, match="corrupt.pt: cannot load the weights"):
         predict(images, tmp_path / "out", ckpt_path=str(corrupt), progress=False)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"layer.weight": torch.zeros(2, 2)}, foreign)
+    with pytest.raises(RuntimeError, match="foreign.pt: not the weights of the bundle's BasicUNet"):
+        predict(images, tmp_path / "out", ckpt_path=str(foreign), progress=False)
+    six = tmp_path / "six.pt"  # a stage 1 trained on other structures than the shipped stage 2
+    torch.save(build_network(BUNDLE, "coarse_network_def", num_classes=6).state_dict(), six)
+    with pytest.raises(RuntimeError, match="six.pt predicts 6 classes but .*model.pt 7: the two stages must"):
+        predict(images, tmp_path / "out", coarse_ckpt_path=str(six), progress=False)
     assert not list(tmp_path.glob("out/*.npy")), "no output is written without usable weights"
 
 
@@ -326,3 +335,74 @@ def test_multi_gpu_config_runs_ddp_on_two_cpu_processes(phantom_data: Path, tmp_
     assert (tmp_path / "run" / "checkpoint_epoch=1.pt").is_file()
     assert (tmp_path / "models" / "model.pt").is_file()
     assert log.count("Saved checkpoint at epoch: 1") == 1, "rank 0 alone saves checkpoints"
+
+
+# A user's own data set with other structures than the shipped model's: five (L1-L5), in 6-channel union-last
+# masks saved as v7.3 .mat. Nothing below names the class count: training takes it from dataset.json, predicting
+# and exporting from the weights.
+OWN_NAMES = ["L1", "L2", "L3", "L4", "L5"]
+
+
+@pytest.fixture(scope="module")
+def own_trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The own data set converted, and both stages briefly trained on it with the unchanged bundle commands."""
+    root = tmp_path_factory.mktemp("own")
+    shapes = [(192 + 8 * (i % 5), 96 + 6 * (i % 3)) for i in range(22)]
+    raw = write_challenge_folder(root / "raw", n_train=20, n_test=2, shapes=shapes, seed=5, layout="union-last",
+                                 channels=6, mat_version="7.3")
+    report = convert(raw, root / "data", Options(channels=6), structure_names=OWN_NAMES, progress=False)
+    assert not report.bad
+    common = ["--dataset_dir", str(root / "data"), "--ckpt_dir", str(root / "models"), "--max_epochs", "8",
+              "--learning_rate", "0.01"]
+    bundle_run("run", "training", "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'train_coarse.json'}']",
+               "--run_dir", str(root / "coarse"), *common, *SMALL_COARSE)
+    bundle_run("run", "training", "--config_file", str(CONFIGS / "train.json"), "--run_dir", str(root / "fine"),
+               *common, *SMALL)
+    return {"raw": raw, "data": root / "data", "ckpt": root / "models" / "model.pt",
+            "coarse": root / "models" / "coarse.pt"}
+
+
+def test_own_structures_are_trained_and_evaluated_with_their_class_count(own_trained: dict, tmp_path: Path) -> None:
+    assert checkpoint_classes(own_trained["coarse"]) == checkpoint_classes(own_trained["ckpt"]) == len(OWN_NAMES) + 1
+    bundle_run(
+        "run", "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']",
+        "--dataset_dir", str(own_trained["data"]), "--ckpt_path", str(own_trained["ckpt"]), "--output_dir",
+        str(tmp_path / "eval"), *SCHEDULE, "--coarse_ckpt_path", str(own_trained["coarse"]),
+        "--coarse_spatial_size", "[96,48]", "--spatial_size", "[64,32]",
+    )
+    _, rows = evaluation_table(tmp_path / "eval", own_trained["data"] / "dataset.json")
+    assert [row["structure"] for row in rows] == [*OWN_NAMES, "mean"]
+
+
+def test_own_structures_are_predicted_in_their_own_format(own_trained: dict, tmp_path: Path) -> None:
+    images = sorted((own_trained["raw"] / "test" / "img").glob("*.dcm"))
+    weights = {"ckpt_path": str(own_trained["ckpt"]), "coarse_ckpt_path": str(own_trained["coarse"])}
+    with pytest.raises(ValueError, match="model.pt predicts 5 structures but the background-last format with 7 "):
+        predict(images, tmp_path / "wrong", progress=False, **weights)
+    assert not (tmp_path / "wrong").exists(), "nothing is written for a format the weights do not fit"
+    fmt = ExportFormat.from_dataset_json(own_trained["data"] / "dataset.json")
+    report = predict(images, tmp_path / "out", fmt, structure_names=OWN_NAMES, progress=False, **weights)
+    assert not report.bad and len(report.written) == 2 * len(images)
+    for image in images:
+        arr = np.load(tmp_path / "out" / f"{image.stem}.npy")
+        assert arr.shape == (*read_radiograph(image).pixels.shape, len(OWN_NAMES) + 1) and arr.dtype == np.uint8
+        assert (arr[..., :-1].sum(-1) <= 1).all(), "one structure per pixel"
+        assert (arr[..., -1] == arr[..., :-1].max(-1)).all(), "union-last: the last channel is the whole spine"
+        assert arr[..., :-1].any(), "the trained model finds structures"
+
+
+def test_own_structures_export_and_serve_through_onnx(own_trained: dict, tmp_path: Path) -> None:
+    written = export_model(own_trained["ckpt"], tmp_path / "export", coarse_ckpt=own_trained["coarse"])
+    stored = {"inference.json": ""}
+    net = torch.jit.load(str(written["torchscript"]), _extra_files=stored)
+    assert net(torch.zeros(1, 1, 64, 32)).shape[1] == len(OWN_NAMES) + 1
+    assert json.loads(stored["inference.json"])["num_classes"] == len(OWN_NAMES) + 1, "its config fits its network"
+    images = sorted((own_trained["raw"] / "test" / "img").glob("*.dcm"))
+    fmt = ExportFormat.from_dataset_json(own_trained["data"] / "dataset.json")
+    served = predict(images, tmp_path / "onnx", fmt, backend="onnx", onnx_model=written["onnx"], progress=False)
+    direct = predict(images, tmp_path / "torch", fmt, progress=False, ckpt_path=str(own_trained["ckpt"]),
+                     coarse_ckpt_path=str(own_trained["coarse"]))
+    assert not served.bad and not direct.bad
+    for image in images:
+        np.testing.assert_array_equal(np.load(tmp_path / "onnx" / f"{image.stem}.npy"),
+                                      np.load(tmp_path / "torch" / f"{image.stem}.npy"))

@@ -116,7 +116,7 @@ def test_added_cases_leave_the_earlier_folds_alone(make_challenge: Callable[...,
                                                    run_convert: Convert) -> None:
     run_convert(make_challenge("raw", n_train=12, n_test=0), tmp_path / "out")
     before = {r["id"]: r["fold"] for r in dataset_json(tmp_path / "out")["training"]}
-    grown = make_challenge("grown", n_train=15, n_test=0)  # ids 001-012 again, and three more
+    grown = make_challenge("raw", n_train=15, n_test=0)  # the same folder with three cases more
     run_convert(grown, tmp_path / "out")
     after = {r["id"]: r["fold"] for r in dataset_json(tmp_path / "out")["training"]}
     assert {i: after[i] for i in before} == before, "a grown set keeps every earlier case in its fold"
@@ -472,6 +472,28 @@ def test_structure_names(challenge_dir: Path, tmp_path: Path, run_convert: Conve
 
 
 # --- batch behaviour ---------------------------------------------------------------------------------------------
+
+
+def test_another_source_is_not_mixed_into_a_conversion(make_challenge: Callable[..., Path], tmp_path: Path,
+                                                        run_convert: Convert,
+                                                        tree_hash: Callable[[Path], dict[str, str]]) -> None:
+    """Two data sets with the same case ids (001, 002, ...) must not replace each other's cases in one folder,
+    as a make target run with another RAW= would; a new copy of the same data set may, with --new-source."""
+    ours = make_challenge("ours", n_train=4, n_test=1)
+    run_convert(ours, tmp_path / "out")
+    assert dataset_json(tmp_path / "out")["source"] == str(ours.resolve())
+    before = tree_hash(tmp_path / "out")
+    other = make_challenge("other", n_train=5, n_test=0, seed=7)
+    with pytest.raises(ValueError, match=f"out holds a conversion of {ours.resolve()}; converting {other} into it "
+                                         "would mix two data sets"):
+        run_convert(other, tmp_path / "out")
+    assert tree_hash(tmp_path / "out") == before, "nothing written"
+    args = [str(other), str(tmp_path / "out"), "--no-progress"]
+    assert main(args) == 2
+    assert tree_hash(tmp_path / "out") == before
+    assert main([*args, "--new-source"]) == 0
+    assert dataset_json(tmp_path / "out")["source"] == str(other.resolve())
+    assert dataset_json(tmp_path / "out")["numTraining"] == 5
 
 
 def test_rerun_skips_and_reconverts_changed_cases(challenge_dir: Path, tmp_path: Path, run_convert: Convert,

@@ -5,17 +5,19 @@ says "poison", the way MONAI fails on an image it cannot take."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from spine_seg import cli as cli_module
 from spine_seg import predict as predict_module
 from spine_seg.batch_report import CHECKS_FILE
 from spine_seg.cli import main as cli_main
 from spine_seg.nifti_io import read_nifti, write_nifti
 from spine_seg.phantom import make_phantom, write_dicom
-from spine_seg.predict import predict
+from spine_seg.predict import Weights, predict
 
 NAMES = ["T12", "L1", "L2", "L3", "L4", "L5"]
 
@@ -43,7 +45,7 @@ def fake_bundle(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         for item, name in zip(datalist, names, strict=True):
             write_nifti(Path(output_dir) / f"{name}_seg.nii.gz", bands(read_nifti(item["image"]).shape))
 
-    monkeypatch.setattr(predict_module, "bundle_weights", lambda *a, **k: (Path("c.pt"), Path("m.pt")))
+    monkeypatch.setattr(predict_module, "bundle_weights", lambda *a, **k: Weights(Path("c.pt"), Path("m.pt"), 7))
     monkeypatch.setattr(predict_module, "run_bundle_inference", run)
     return runs
 
@@ -120,7 +122,8 @@ def test_cli_refuses_bad_arguments_before_any_work(
         ([str(tmp_path / "empty"), *out], "no DICOM files (.dcm, .dicom) in this folder (0 other entries)"),
         ([str(image), "--out", str(tmp_path / "afile")], "afile: the output folder is a file"),
         ([str(image), *out, "--structure-names", "A,B"], "2 structure names (A, B) but the background-last format"),
-        ([str(image), *out, "--layout", "one-hot"], "the one-hot format with 7 channels holds 7 structures"),
+        ([str(image), *out, "--layout", "one-hot"], "m.pt predicts 6 structures but the one-hot format with 7 "
+                                                    "channels holds 7: give the format of the data it was trained"),
         ([str(image), *out, "--backend", "onnx", "--coarse-weights", "x.pt"], "--coarse-weights is for the torch"),
     ]
     for args, message in cases:
@@ -131,3 +134,26 @@ def test_cli_refuses_bad_arguments_before_any_work(
     with pytest.raises(SystemExit):
         cli_main(["predict", str(image), *out, "--limit", "0"])
     assert "0 is not a positive number" in capsys.readouterr().err
+
+
+def test_cli_names_the_structures_after_the_data_set_else_the_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Overlays, checks and DICOM SEG name the structures: ``--structure-names``, else ``--dataset-json``'s labels
+    (a model trained on other structures), else the bundle's metadata (T12-L5) where the format has six."""
+    seen: list[list[str] | None] = []
+
+    def record(images: list[Path], out: str, fmt: object, bundle: Path, overlays: bool, names: list[str] | None,
+               *args: object, **kwargs: object) -> predict_module.BatchReport:
+        seen.append(names)
+        return predict_module.BatchReport()
+
+    monkeypatch.setattr(cli_module, "predict", record)
+    image = str(dicom(tmp_path / "a.dcm"))
+    dataset = tmp_path / "dataset.json"
+    labels = {"0": "background", "1": "L1", "2": "L2", "3": "L3", "4": "L4", "5": "L5", "6": "S"}
+    dataset.write_text(json.dumps({"labels": labels, "label_layout": "background-last", "label_channels": 7}))
+    for args in ([], ["--dataset-json", str(dataset)], ["--structure-names", "A,B,C,D,E,F"],
+                 ["--layout", "union-last", "--channels", "6"]):
+        cli_main(["predict", image, "--out", str(tmp_path / "out"), "--no-progress", *args])
+    assert seen == [NAMES, ["L1", "L2", "L3", "L4", "L5", "S"], list("ABCDEF"), None]
