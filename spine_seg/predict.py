@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -32,9 +33,20 @@ BACKENDS = ("torch", "onnx")
 CHUNK = 16  # radiographs read, segmented and written at a time (bounds the memory a long batch holds)
 MIN_SIDE = 16  # pixels: smaller images are refused
 OUTPUT_SUFFIXES = (".npy", ".png", "_seg.dcm")  # what predict writes per case
-# The bundle's logging, warnings and errors only: predict reports each image itself.
+# The bundle's warnings and errors only: predict reports each image itself. Left out as well: the workflow's note
+# that it applied this config, and the nvImageCodec DICOM reader's warning on each run that it has no GPU decoder
+# (MONAI's LoadImage builds every reader it has; the bundle reads NIfTI only, predict decodes the DICOM itself).
+NVIMGCODEC_WARNING = "NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register"
 QUIET_LOGGING = """[loggers]
-keys=root
+keys=root,workflow,nvimgcodec
+[logger_workflow]
+level=WARNING
+handlers=
+qualname=monai.bundle.workflows
+[logger_nvimgcodec]
+level=ERROR
+handlers=
+qualname=monai.data.nvimgcodec_pydicom_plugin
 [handlers]
 keys=console
 [formatters]
@@ -141,11 +153,13 @@ def run_bundle_inference(
         output_dir=str(output_dir),
         **overrides,
     )
-    workflow.initialize()
-    try:
-        workflow.run()
-    finally:
-        workflow.finalize()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=NVIMGCODEC_WARNING)
+        workflow.initialize()
+        try:
+            workflow.run()
+        finally:
+            workflow.finalize()
 
 
 def read_for_segmentation(path: str | Path) -> Radiograph:

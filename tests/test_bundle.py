@@ -265,7 +265,7 @@ def test_inference_restores_original_size_and_exports(trained: dict, phantom_dat
         assert (arr.sum(-1) == 1).all(), "background-last: every pixel has exactly one channel"
 
 
-def test_predict_from_dicom(trained: dict, tmp_path: Path) -> None:
+def test_predict_from_dicom(trained: dict, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     raw = write_challenge_folder(tmp_path / "raw", n_train=0, n_test=2, shapes=[(200, 100), (180, 120)], seed=9)
     images = sorted((raw / "test" / "img").glob("*.dcm"))
     bad = tmp_path / "broken.dcm"
@@ -277,6 +277,8 @@ def test_predict_from_dicom(trained: dict, tmp_path: Path) -> None:
                      coarse_ckpt_path=str(trained["coarse"]), coarse_spatial_size=[96, 48], spatial_size=[64, 32],
                      progress=False)
     first, second = images[0].stem, images[1].stem
+    noise = capfd.readouterr().err
+    assert "nvImageCodec" not in noise and "Setting logging properties" not in noise, "predict reports alone"
     assert sorted(report.bad) == sorted([first, "broken"]) and "broken.dcm" in report.bad["broken"]
     assert report.bad[first] == f"{twin}: same case id {first!r} as {images[0]}; not segmented"
     assert not (tmp_path / "out" / f"{first}.npy").exists()

@@ -12,7 +12,7 @@ import torch
 from monai.data import load_net_with_metadata
 from monai.transforms import KeepLargestConnectedComponent, Resize, ScaleIntensityRangePercentiles
 
-from spine_seg.model_export import export_model, inference_spec, load_network
+from spine_seg.model_export import build_network, export_model, inference_spec, load_network
 from spine_seg.model_export import main as export_main
 from spine_seg.onnx_predict import (
     SPEC_KEY,
@@ -68,8 +68,13 @@ def test_missing_or_wrong_checkpoint_is_named(tmp_path: Path, capsys: pytest.Cap
 
     wrong = tmp_path / "wrong.pt"
     torch.save({"conv.weight": torch.zeros(3)}, wrong)
-    with pytest.raises(RuntimeError, match="wrong.pt: weights do not fit the bundle's network_def"):
+    with pytest.raises(RuntimeError, match="wrong.pt: not the weights of the bundle's BasicUNet"):
         export_model(wrong, tmp_path / "out")
+    coarse_as_fine = tmp_path / "coarse-as-fine.pt"  # a BasicUNet of the other stage's widths
+    torch.save(build_network(net_id="coarse_network_def").state_dict(), coarse_as_fine)
+    with pytest.raises(RuntimeError, match="coarse-as-fine.pt: weights do not fit the bundle's network_def"):
+        export_model(coarse_as_fine, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
     with pytest.raises(FileNotFoundError, match="no-such-model.onnx: no ONNX model"):
         OnnxSegmenter(tmp_path / "no-such-model.onnx")
     with pytest.raises(RuntimeError, match="wrong.pt: not a loadable ONNX model"):
