@@ -7,12 +7,17 @@ PY := $(VENV)/bin/python
 RAW ?= ../shared/data/aasce
 DATA ?= data/aasce
 FOLD ?= 0
-# Training runs (checkpoints, logs) live outside git, one folder per dataset and fold: train-fold0 for the shared set.
-RUN_DIR ?= $(HOME)/.cache/spine-seg/$(if $(filter $(abspath $(DATA)),$(abspath data/aasce)),train,$(notdir $(abspath $(DATA))))-fold$(FOLD)
+# A data set of your own (DATA other than data/aasce) gets its own weights, run folder, evaluation, report and
+# outputs, named after its folder, so that it never resumes or overwrites the shared set's (README, "Training on
+# your own data").
+OWN_DATA := $(if $(filter $(abspath $(DATA)),$(abspath data/aasce)),,$(notdir $(abspath $(DATA))))
+SUFFIX := $(if $(OWN_DATA),-$(OWN_DATA))
+# Training runs (checkpoints, logs) live outside git, one folder per data set and fold.
+RUN_DIR ?= $(HOME)/.cache/spine-seg/$(or $(OWN_DATA),train)-fold$(FOLD)
 OUT ?= out
-# MODELS: where make train writes both stages' weights and where the other targets take them from; point it
-# elsewhere for a model of your own (see README, "Training on your own data").
-MODELS ?= bundle/models
+# MODELS: where make train writes both stages' weights and where the other targets take them from: the shipped
+# bundle/models for the shared set, models/<name> (ignored by git) for a data set of your own.
+MODELS ?= $(if $(OWN_DATA),models/$(OWN_DATA),bundle/models)
 CKPT ?= $(MODELS)/model.pt
 COARSE_CKPT ?= $(MODELS)/coarse.pt
 STRUCTURES ?= T12,L1,L2,L3,L4,L5
@@ -63,10 +68,10 @@ train: $(DATA)/dataset.json
 		--dataset_dir $(DATA) --fold $(FOLD) --ckpt_dir $(MODELS) --run_dir $(RUN_DIR)/fine 2>&1 | tee -a $(RUN_DIR)/fine/train.log
 
 # EVAL_ARGS: bundle overrides, e.g. "--validate#spine_crop#source_key label" (boxes from the expert label: an
-# upper bound for stage 1, evaluation only); EVAL_OUT: where to write (default out/eval); EVAL_BASE: an earlier
+# upper bound for stage 1, evaluation only); EVAL_OUT: where to write (default out/eval$(SUFFIX)); EVAL_BASE: an earlier
 # evaluation folder to compare with, case by case (mean difference, bootstrap 95 % CI, Wilcoxon p), on all cases
 # and on those both name right
-EVAL_OUT ?= $(OUT)/eval
+EVAL_OUT ?= $(OUT)/eval$(SUFFIX)
 EVAL_BASE ?=
 evaluate: install
 	$(BUNDLE_RUN) --config_file "['bundle/configs/train.json','bundle/configs/evaluate.json']" \
@@ -76,15 +81,17 @@ evaluate: install
 
 # Expert labels: implausible outlines, and each case's levels against the set (offsets from make evaluate if run)
 audit-labels: $(DATA)/dataset.json
-	$(PY) -m spine_seg.label_audit $(DATA)/dataset.json --out $(OUT)/label_audit.csv \
-		$(if $(wildcard $(OUT)/eval/pred),--eval-dir $(OUT)/eval)
+	$(PY) -m spine_seg.label_audit $(DATA)/dataset.json --out $(OUT)/label_audit$(SUFFIX).csv \
+		$(if $(wildcard $(EVAL_OUT)/pred),--eval-dir $(EVAL_OUT))
 
+# README's figures for the shared set; $(OUT)/report-<name> for a data set of your own
+REPORT_OUT ?= $(if $(OWN_DATA),$(OUT)/report$(SUFFIX),docs/figures)
 report: install
-	$(PY) -m spine_seg.report --eval-dir $(OUT)/eval --run-dir $(RUN_DIR)/fine --dataset-json $(DATA)/dataset.json \
-		--out docs/figures
+	$(PY) -m spine_seg.report --eval-dir $(EVAL_OUT) --run-dir $(RUN_DIR)/fine --dataset-json $(DATA)/dataset.json \
+		--out $(REPORT_OUT)
 
 predict-test: $(DATA)/dataset.json
-	$(PY) -m spine_seg.cli predict $(RAW)/test/img --out $(OUT)/test-npy --dataset-json $(DATA)/dataset.json \
+	$(PY) -m spine_seg.cli predict $(RAW)/test/img --out $(OUT)/test-npy$(SUFFIX) --dataset-json $(DATA)/dataset.json \
 		--weights $(CKPT) --coarse-weights $(COARSE_CKPT)
 
 demo: install
@@ -93,11 +100,11 @@ demo: install
 # INFER_ARGS: bundle overrides, e.g. "--num_classes 6" for weights of another class count than the shipped 7
 INFER_ARGS ?=
 infer: $(DATA)/dataset.json
-	$(BUNDLE_RUN) --config_file bundle/configs/inference.json --dataset_dir $(DATA) --output_dir $(OUT)/pred \
+	$(BUNDLE_RUN) --config_file bundle/configs/inference.json --dataset_dir $(DATA) --output_dir $(OUT)/pred$(SUFFIX) \
 		--ckpt_path $(CKPT) --coarse_ckpt_path $(COARSE_CKPT) $(INFER_ARGS)
 
 export: infer
-	$(PY) -m spine_seg.cli export $(OUT)/pred $(OUT)/npy --dataset-json $(DATA)/dataset.json
+	$(PY) -m spine_seg.cli export $(OUT)/pred$(SUFFIX) $(OUT)/npy$(SUFFIX) --dataset-json $(DATA)/dataset.json
 
 # TorchScript (MONAI ckpt_export) + ONNX of the trained weights, for deployment (`spine-seg predict --backend onnx`).
 export-model: install

@@ -16,10 +16,13 @@ import numpy as np
 
 from spine_seg.atomic import write_text_atomic
 from spine_seg.dataset_json import read_dataset_json
+from spine_seg.errors import InputFileError, run_reporting_errors
 
 
 def read_raw(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
     """MetricsSaver ``*_raw.csv`` -> (filenames, class columns, ``cases x classes`` float array)."""
+    if not Path(path).is_file():
+        raise InputFileError(path, "no such file: run `make evaluate` first (EVAL_OUT= names its folder)")
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     header, body = rows[0], rows[1:]
@@ -151,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("eval_dir")
     parser.add_argument("--dataset-json")
     args = parser.parse_args(argv)
+    return run_reporting_errors(lambda: _print_table(args))
+
+
+def _print_table(args: argparse.Namespace) -> int:
     text, rows = table(args.eval_dir, args.dataset_json)
     print(text)
     if args.dataset_json and (Path(args.eval_dir) / "pred").is_dir():

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from spine_seg.atomic import atomic_path, write_text_atomic  # noqa: E402
+from spine_seg.errors import InputFileError, run_reporting_errors  # noqa: E402
 from spine_seg.evaluation_table import read_raw, table  # noqa: E402
 from spine_seg.nifti_io import read_nifti  # noqa: E402
 from spine_seg.overlay import overlay_rgb  # noqa: E402
@@ -25,8 +26,12 @@ from spine_seg.overlay import overlay_rgb  # noqa: E402
 
 def scalars(run_dir: str | Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of a TensorBoard scalar over every event file in ``run_dir``, by step."""
+    files = sorted(Path(run_dir).glob("events.out.tfevents.*"))
+    if not files:
+        raise InputFileError(run_dir, "no training log (TensorBoard event files) here: train with `make train` "
+                                      "first (RUN_DIR= names its folder)")
     points: dict[int, float] = {}
-    for events in sorted(Path(run_dir).glob("events.out.tfevents.*")):
+    for events in files:
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
         acc.Reload()
         if tag in acc.Tags().get("scalars", []):
@@ -81,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset-json", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    return run_reporting_errors(lambda: _report(args))
+
+
+def _report(args: argparse.Namespace) -> int:
     out, eval_dir = Path(args.out), Path(args.eval_dir)
     text, _ = table(eval_dir, args.dataset_json)
     learning_curve(args.run_dir, out / "learning_curve.png")

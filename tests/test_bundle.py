@@ -205,7 +205,9 @@ def test_stage_2_ships_the_mean_of_its_best_and_last_weights(trained: dict, phan
     assert weights.keys() == best.keys()
     for k, v in weights.items():
         torch.testing.assert_close(v, (best[k] + last[k]) / 2)
-    assert not list((trained["work"] / "coarse").glob("best_*.pt")), "stage 1 is not averaged"
+    coarse_best = torch.load(trained["work"] / "coarse" / "best_coarse.pt")
+    for k, v in torch.load(trained["coarse"]).items():
+        torch.testing.assert_close(v, coarse_best[k], rtol=0, atol=0, msg="stage 1 ships its best weights as they are")
     # the evaluator's own record of its best epoch (its last line in the log is stage 2's) is the one kept
     value, epoch = re.findall(r"Key metric: val_mean_dice best value: (\S+) at epoch: (\d+)", trained["log"])[-1]
     record = json.loads((run_dir / "best_metric.json").read_text())
@@ -226,6 +228,21 @@ def test_stage_2_ships_the_mean_of_its_best_and_last_weights(trained: dict, phan
     finally:
         best_file.write_bytes(best_bytes)
         shipped.write_bytes(before)
+
+
+def test_a_finished_run_writes_its_weights_where_it_is_told(trained: dict, phantom_data: Path,
+                                                            tmp_path: Path) -> None:
+    """Started again with another ``ckpt_dir`` (``make train MODELS=...``), a finished run of either stage trains
+    nothing and writes the weights it ships there."""
+    stages = {"coarse": ("coarse", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'train_coarse.json'}']", SMALL_COARSE),
+              "ckpt": ("run", str(CONFIGS / "train.json"), SMALL)}
+    for key, (run, configs, grid) in stages.items():
+        run_dir = trained["work"] / run
+        epochs = newest_checkpoint(run_dir).stem.split("=")[1]
+        log = bundle_run("run", "training", "--config_file", configs, "--dataset_dir", str(phantom_data),
+                         "--run_dir", str(run_dir), "--ckpt_dir", str(tmp_path), "--max_epochs", epochs, *grid)
+        assert f"Epoch: {epochs}/{epochs}" not in log, "a finished run trains nothing when started again"
+        assert (tmp_path / trained[key].name).read_bytes() == trained[key].read_bytes()
 
 
 def test_interrupted_training_resumes(trained: dict, phantom_data: Path) -> None:

@@ -55,3 +55,23 @@ def test_report_picks_best_median_and_worst_scored_cases(tmp_path: Path, capsys:
     for name in ("learning_curve", "case_best", "case_median", "case_worst"):
         assert Image.open(out / f"{name}.png").size[0] > 100
     assert "report written to" in capsys.readouterr().out
+
+
+def test_report_without_an_evaluation_or_a_training_log_names_what_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    eval_dir, dataset_json = eval_folder(tmp_path)
+    (tmp_path / "run").mkdir()
+    out = tmp_path / "figures"
+
+    def report(eval_dir: Path) -> int:
+        return main(["--eval-dir", str(eval_dir), "--run-dir", str(tmp_path / "run"), "--dataset-json",
+                     str(dataset_json), "--out", str(out)])
+
+    assert report(tmp_path / "no-eval") == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'no-eval' / 'val_mean_dice_raw.csv'}: no such file: run "
+                                       "`make evaluate` first (EVAL_OUT= names its folder)\n")
+    assert report(eval_dir) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'run'}: no training log (TensorBoard event files) here: "
+                                       "train with `make train` first (RUN_DIR= names its folder)\n")
+    assert not out.exists(), "nothing written"

@@ -92,15 +92,15 @@ def test_a_bad_input_names_its_file_and_leaves_the_output(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(("configs", "averaged"),
                          [(["train.json"], True), (["train.json", "train_coarse.json"], False)])
-def test_stage_2_alone_averages_and_keeps_its_best_weights_in_the_run(
+def test_both_stages_keep_their_best_weights_in_the_run_and_stage_2_alone_averages(
         configs: list[str], averaged: bool, bundle_config: Callable[..., ConfigParser]) -> None:
-    """Stage 2 keeps its best-validation weights in ``run_dir`` and ``finalize`` writes the average to
-    ``models/model.pt``; stage 1 writes its best weights to ``models/coarse.pt`` as before."""
+    """Each stage keeps its best-validation weights in ``run_dir``; ``finalize`` writes them to ``ckpt_dir``,
+    for stage 2 averaged with the last epoch's (``models/model.pt``), for stage 1 as they are (``coarse.pt``)."""
     config = bundle_config(*configs)
     config["run_dir"], config["ckpt_dir"] = "/runs/x", "/models"
     assert config.get_parsed_content("average_best_last") is averaged
     best = config.get_parsed_content("best_ckpt")
-    assert best == ("/runs/x/best_model.pt" if averaged else "/models/coarse.pt")
+    assert best == ("/runs/x/best_model.pt" if averaged else "/runs/x/best_coarse.pt")
     index = next(i for i, h in enumerate(config["validate"]["handlers"]) if h["_target_"].endswith("BestWeightsSaver"))
     saver = config.get_parsed_content(f"validate#handlers#{index}")
     assert (saver.path, saver.state_file) == (best, "/runs/x/best_metric.json")
@@ -111,7 +111,7 @@ def test_finalize_averages_once_and_never_in_evaluation(bundle_config: Callable[
     """Under DDP rank 0 alone averages, before the process group goes; evaluate.json runs on top of train.json
     and must not inherit the step that rewrites models/model.pt."""
     single = bundle_config("train.json")["finalize"]
-    assert len(single) == 1 and single[0].startswith("$@rank == 0 and @average_best_last and")
+    assert len(single) == 1 and single[0].startswith("$@rank == 0 and @average_checkpoints(")
     ddp = bundle_config("train.json", "multi_gpu_train.json")
     assert ddp["finalize"][0] == single[0] and "destroy_process_group" in ddp["finalize"][-1]
     assert ddp["rank"] == "$torch.distributed.get_rank()"

@@ -3,7 +3,7 @@ average the weights of one run's checkpoints (e.g. its best-validation and last 
 
 ``train.json``'s ``finalize`` writes the mean of stage 2's best-validation and last-epoch weights to
 ``models/model.pt``: in three runs of the recipe it scored higher than the best weights alone (see
-bundle/docs, "Training record").
+bundle/docs, "Training record"); stage 1's best weights it writes as they are (the mean of one).
 """
 
 from __future__ import annotations
