@@ -127,9 +127,11 @@ $(LABEL_INSTALLED): requirements-label.txt
 	$(LABEL_VENV)/bin/python -m pip install -q -r requirements-label.txt
 	touch $@
 
-# MONAI Label's monaibundle sample app with this bundle on http://127.0.0.1:$(LABEL_PORT), offline.
+# MONAI Label's monaibundle sample app with this bundle on http://127.0.0.1:$(LABEL_PORT), offline; with weights
+# of your own (MODELS other than bundle/models), a copy of the bundle that holds them (spine_seg.label_bundle).
 label-serve: install label-install
-	$(PY) -m spine_seg.label_app --studies $(STUDIES) --port $(LABEL_PORT) --venv $(LABEL_VENV)
+	$(PY) -m spine_seg.label_app --studies $(STUDIES) --port $(LABEL_PORT) --venv $(LABEL_VENV) \
+		$(if $(filter $(abspath $(MODELS)),$(abspath bundle/models)),,--models $(MODELS) --dataset-json $(DATA)/dataset.json)
 
 test-label: install label-install
 	SPINE_SEG_LABEL_VENV=$(LABEL_VENV) $(PY) -m pytest -q -ra tests/test_monailabel.py

@@ -11,7 +11,9 @@ with the label environment's interpreter:
 * the server gets ``--conf zoo_source github --conf sam2 false``: the defaults reach the network (model
   zoo, SAM2 weights) and fail offline.
 
-``python -m spine_seg.label_app --studies DIR`` prepares the app and runs the server in the foreground.
+``python -m spine_seg.label_app --studies DIR`` prepares the app and runs the server in the foreground; with
+``--models DIR --dataset-json FILE`` it serves weights of your own through a copy of the bundle
+(:mod:`spine_seg.label_bundle`).
 """
 
 from __future__ import annotations
@@ -116,12 +118,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--app-root", default=str(DEFAULT_APP_ROOT), help="where the sample app is copied")
     parser.add_argument("--bundle", default=str(REPO_ROOT / "bundle"))
     parser.add_argument("--venv", default=str(DEFAULT_LABEL_VENV), help="the MONAI Label virtual environment")
+    parser.add_argument("--models", help="serve the weights in this folder (coarse.pt, model.pt) instead of the "
+                                         "bundle's: those of `make train DATA=...`")
+    parser.add_argument("--dataset-json", help="with --models: the data set they were trained on (label names)")
     args = parser.parse_args(argv)
     if not Path(args.studies).is_dir():
         parser.error(f"--studies {args.studies}: not a directory")
+    if bool(args.models) != bool(args.dataset_json):
+        parser.error("--models and --dataset-json go together")
     try:
-        app = prepare_app(args.app_root, args.bundle, args.venv)
-    except FileNotFoundError as err:
+        bundle = args.bundle
+        if args.models:
+            from spine_seg.label_bundle import write_label_bundle
+
+            bundle = write_label_bundle(args.models, args.dataset_json,
+                                        Path(args.app_root) / "bundles" / Path(args.models).resolve().name, args.bundle)
+        app = prepare_app(args.app_root, bundle, args.venv)
+    except (OSError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     cmd = server_command(app, args.studies, args.port, args.venv)

@@ -26,9 +26,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from spine_seg.label_app import MODEL_NAME, label_python, prepare_app, start_server
 from spine_seg.label_app import main as label_main
+from spine_seg.label_bundle import write_label_bundle
+from spine_seg.model_export import build_network
 from spine_seg.nifti_io import write_nifti
 from spine_seg.phantom import make_phantom
 
@@ -115,10 +118,15 @@ def label_server(phantom_studies: Path, tmp_path_factory: pytest.TempPathFactory
 def bundle_prediction(phantom_studies: Path, tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     """The bundle's own inference (``monai.bundle run`` with inference.json) on the same phantom."""
     root = tmp_path_factory.mktemp("bundle_run")
-    (root / "data" / "imagesTs").mkdir(parents=True)
-    (root / "data" / "imagesTs" / "phantom.nii.gz").write_bytes((phantom_studies / "phantom.nii.gz").read_bytes())
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundle/configs/inference.json",
-           "--dataset_dir", str(root / "data"), "--output_dir", str(root / "pred")]
+    return bundle_run_prediction(REPO / "bundle", phantom_studies, root)
+
+
+def bundle_run_prediction(bundle: Path, studies: Path, root: Path) -> np.ndarray:
+    """``monai.bundle run`` with ``bundle``'s inference.json on ``studies/phantom.nii.gz``, in ``root``."""
+    (root / "data" / "imagesTs").mkdir(parents=True, exist_ok=True)
+    (root / "data" / "imagesTs" / "phantom.nii.gz").write_bytes((studies / "phantom.nii.gz").read_bytes())
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
+           "--bundle_root", str(bundle), "--dataset_dir", str(root / "data"), "--output_dir", str(root / "pred")]
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
     return np.asarray(nib.load(root / "pred" / "phantom_seg.nii.gz").dataobj)
 
@@ -188,3 +196,32 @@ def test_bundle_without_weights(phantom_studies: Path, tmp_path: Path, capsys: p
         status, body = _infer_error(base, "phantom")
         assert status == 404 and f"no model '{MODEL_NAME}' is loaded: its bundle has no weights" in body, body[:500]
         assert "models" in _get_json(f"{base}/info/"), "the server keeps answering"
+
+
+def test_weights_of_your_own_are_served_with_their_class_count_and_names(
+    phantom_studies: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``make label-serve DATA=...``: a model of five structures (L1-L5; untrained, since serving is what is
+    tested) through a copy of the bundle that holds its weights, class count and names."""
+    torch.manual_seed(0)
+    (tmp_path / "models").mkdir()
+    for net_id, name in (("coarse_network_def", "coarse.pt"), ("network_def", "model.pt")):
+        torch.save(build_network(net_id=net_id, num_classes=6).state_dict(), tmp_path / "models" / name)
+    dataset = tmp_path / "dataset.json"
+    labels = {"0": "background", **{str(k): f"L{k}" for k in range(1, 6)}}
+    dataset.write_text(json.dumps({"labels": {**labels, "6": "S"}}))
+    with pytest.raises(ValueError, match="dataset.json names 7 classes .* but .*model.pt predicts 6"):
+        write_label_bundle(tmp_path / "models", dataset, tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()
+    dataset.write_text(json.dumps({"labels": labels}))
+    bundle = write_label_bundle(tmp_path / "models", dataset, tmp_path / "copy")
+    with serve(prepare_app(tmp_path / "apps", bundle), phantom_studies, tmp_path / "server.log") as base:
+        assert _get_json(f"{base}/info/")["models"][MODEL_NAME]["labels"] == {f"l{k}": k for k in range(1, 6)}
+        served = tmp_path / "served.nii.gz"
+        served.write_bytes(_post_infer(f"{base}/infer/{MODEL_NAME}?image=phantom&output=image"))
+    mask = np.asarray(nib.load(served).dataobj)
+    assert mask.shape == SHAPE and set(np.unique(mask).tolist()) <= set(range(6)) and len(np.unique(mask)) > 1
+    np.testing.assert_array_equal(mask, bundle_run_prediction(bundle, phantom_studies, tmp_path / "run"))
+    with pytest.raises(SystemExit):
+        label_main(["--studies", str(phantom_studies), "--models", str(tmp_path / "models")])
+    assert "--models and --dataset-json go together" in capsys.readouterr().err
