@@ -2,8 +2,9 @@
 
 MONAI Label lives in its own virtual environment (``make label-install`` -> ``.venv-label``, pinned in
 ``requirements-label.txt``) because its pins (numpy<2, pydicom<3, torch 2.14) clash with the project's.
-This module only uses the standard library, so the project's ``.venv`` runs it and it starts the server
-with the label environment's interpreter:
+This module only uses the standard library (and, for ``--models``, :mod:`spine_seg.label_bundle`, which reads
+the weights with torch); the project's ``.venv`` runs it and it starts the server with the label
+environment's interpreter:
 
 * the sample app is copied out of the installed ``monailabel`` package (``monailabel apps --download``,
   no network), once, into ``<app_root>/monaibundle``;
