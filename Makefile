@@ -49,7 +49,9 @@ test: install label-install
 lint: install
 	$(VENV)/bin/ruff check .
 
-CONVERT = $(PY) -m data_prep $(RAW) $(DATA) --structure-names $(STRUCTURES) --channels $(CHANNELS)
+# CONVERT_ARGS: more data_prep options, e.g. "--new-source" or "--label-layout union-last"
+CONVERT_ARGS ?=
+CONVERT = $(PY) -m data_prep $(RAW) $(DATA) --structure-names $(STRUCTURES) --channels $(CHANNELS) $(CONVERT_ARGS)
 # convert-data converts new and changed cases; the targets that need the data convert only where $(DATA) holds no
 # conversion yet, so that `make train DATA=...` never converts the default RAW into a data set of your own.
 convert-data: install
