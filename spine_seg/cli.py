@@ -70,13 +70,14 @@ def _positive(text: str) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     fmt = _format(args)
+    n = num_structures(fmt.layout, fmt.channels)
     if args.structure_names:
         names = args.structure_names.split(",")
     elif args.dataset_json:
-        names = structure_names(args.dataset_json, num_structures(fmt.layout, fmt.channels))
+        names = structure_names(args.dataset_json, n)
     else:
         shipped = bundle_structure_names(Path(args.bundle))
-        names = shipped if num_structures(fmt.layout, fmt.channels) == len(shipped) else None
+        names = shipped if n == len(shipped) else None
     onnx = args.backend == "onnx"
     if onnx and args.coarse_weights:
         raise ValueError("--coarse-weights is for the torch backend; with --backend onnx the stage-1 model is the "

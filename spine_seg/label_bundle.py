@@ -15,9 +15,7 @@ import tempfile
 from pathlib import Path
 
 from spine_seg.dataset_json import read_dataset_json
-from spine_seg.predict import DEFAULT_BUNDLE, stage_classes
-
-WEIGHTS = ("coarse.pt", "model.pt")
+from spine_seg.predict import DEFAULT_BUNDLE, bundle_weights
 
 
 def write_label_bundle(models_dir: str | Path, dataset_json: str | Path, out: str | Path,
@@ -30,11 +28,8 @@ def write_label_bundle(models_dir: str | Path, dataset_json: str | Path, out: st
     data set's labels do not match the weights' class count.
     """
     models_dir, bundle_dir, out = Path(models_dir), Path(bundle_dir), Path(out)
-    coarse, fine = (models_dir / name for name in WEIGHTS)
-    for weights in (coarse, fine):
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights}: no trained weights to serve; run `make train` first")
-    classes = stage_classes(coarse, fine)
+    coarse, fine, classes = bundle_weights(bundle_dir, coarse_ckpt_path=models_dir / "coarse.pt",
+                                           ckpt_path=models_dir / "model.pt")
     labels = read_dataset_json(dataset_json)["labels"]
     if len(labels) != classes:
         raise ValueError(f"{dataset_json} names {len(labels)} classes ({', '.join(labels.values())}) but {fine} "

@@ -24,7 +24,7 @@ from typing import Any
 
 from spine_seg.atomic import atomic_path
 from spine_seg.onnx_predict import INPUT_NAME, OUTPUT_NAME, SPEC_KEY, InferenceSpec
-from spine_seg.predict import DEFAULT_BUNDLE, checkpoint_classes, load_state, stage_classes
+from spine_seg.predict import DEFAULT_BUNDLE, load_state, stage_classes, state_classes
 
 ONNX_OPSET = 17
 
@@ -67,8 +67,12 @@ def load_network(ckpt: str | Path, bundle_dir: str | Path = DEFAULT_BUNDLE, net_
     """The bundle's ``net_id`` with the weights of ``ckpt`` (loaded strictly), on the CPU, in eval mode; it has
     as many classes as the weights."""
     ckpt = Path(ckpt)
-    state, _ = _load_state(ckpt)
-    net = build_network(bundle_dir, net_id, checkpoint_classes(ckpt))
+    return _fitted_network(_load_state(ckpt)[0], ckpt, Path(bundle_dir), net_id)
+
+
+def _fitted_network(state: dict, ckpt: Path, bundle_dir: Path, net_id: str) -> Any:
+    """:func:`load_network` with the weights ``state`` already read from ``ckpt``."""
+    net = build_network(bundle_dir, net_id, state_classes(state, ckpt))
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
@@ -118,14 +122,14 @@ def export_torchscript(
     from monai.bundle import ConfigParser, ckpt_export
 
     ckpt, out, bundle_dir = Path(ckpt), Path(out), Path(bundle_dir)
-    load_network(ckpt, bundle_dir, net_id)  # ckpt_export copies weights non-strictly; refuse a mismatch first
-    _, key = _load_state(ckpt)
+    state, key = _load_state(ckpt)
+    _fitted_network(state, ckpt, bundle_dir, net_id)  # ckpt_export copies weights non-strictly; refuse a mismatch
     config, meta = _config_files(bundle_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="spine-seg-") as tmp:
         stored = Path(tmp) / config.name
-        stored.write_text(json.dumps({**ConfigParser.load_config_file(config), "num_classes": checkpoint_classes(ckpt)},
-                                     indent=4))
+        classes = state_classes(state, ckpt)
+        stored.write_text(json.dumps({**ConfigParser.load_config_file(config), "num_classes": classes}, indent=4))
         ckpt_export(
             net_id, filepath=str(out), ckpt_file=str(ckpt), meta_file=str(meta), config_file=str(stored),
             key_in_ckpt=key, bundle_root=str(bundle_dir),

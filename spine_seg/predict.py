@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -86,13 +86,18 @@ def load_state(ckpt: Path) -> tuple[dict, str]:
     return (state["model"], "model") if isinstance(state.get("model"), dict) else (state, "")
 
 
-def checkpoint_classes(ckpt: Path) -> int:
-    """The number of classes (background included) that the BasicUNet weights in ``ckpt`` predict: the output
-    channels of their ``final_conv``. Raises RuntimeError naming ``ckpt`` for other files."""
-    bias = load_state(ckpt)[0].get("final_conv.bias")
+def state_classes(state: Mapping[str, Any], ckpt: Path) -> int:
+    """The number of classes (background included) that the BasicUNet weights ``state``, read from ``ckpt``,
+    predict: the output channels of their ``final_conv``. Raises RuntimeError naming ``ckpt`` for others."""
+    bias = state.get("final_conv.bias")
     if bias is None or bias.ndim != 1:
         raise RuntimeError(f"{ckpt}: not the weights of the bundle's BasicUNet (no final_conv.bias)")
     return int(bias.shape[0])
+
+
+def checkpoint_classes(ckpt: Path) -> int:
+    """:func:`state_classes` of the weights in ``ckpt``."""
+    return state_classes(load_state(ckpt)[0], ckpt)
 
 
 def stage_classes(coarse: Path, fine: Path) -> int:
