@@ -31,7 +31,7 @@ STUDIES ?= $(DATA)/imagesTs
 LABEL_PORT ?= 8000
 
 .PHONY: install test lint convert-data train evaluate audit-labels report infer export export-model predict-test demo bench-convert \
-	bench-infer clean label-install label-serve test-label
+	bench-infer bench-levels clean label-install label-serve test-label
 
 install: $(INSTALLED)
 
@@ -118,6 +118,12 @@ bench-convert: install
 bench-infer: install
 	$(PY) benchmarks/bench_infer.py
 	if [ -d $(RAW)/test/img ]; then $(PY) benchmarks/bench_infer.py --real $(RAW)/test/img --count 20; fi
+
+# Can whole-spine context name the levels? Trains a level counter (about 20 min here) and sets its naming against
+# the position prior and, where make evaluate has run, the cascade's (bundle/docs, "Tried, not adopted").
+bench-levels: $(DATA)/dataset.json
+	$(PY) benchmarks/level_counter.py --dataset-json $(DATA)/dataset.json --fold $(FOLD) \
+		$(if $(wildcard $(EVAL_OUT)/pred),--eval-dir $(EVAL_OUT))
 
 # MONAI Label server venv; versions in requirements-label.txt (torch/torchvision installed first).
 label-install: $(LABEL_INSTALLED)
