@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.transforms import ScaleIntensityRangePercentiles
 from torch import nn
 from tqdm import tqdm
 
@@ -45,12 +46,11 @@ def load(dataset_json: Path, grid: tuple[int, int]) -> dict:
     """Every training case: image on ``grid`` (percentile-scaled to [0, 1]), label geometry, fold, id."""
     meta = read_dataset_json(dataset_json)
     num = len(meta["labels"]) - 1
+    scale = ScaleIntensityRangePercentiles(0.5, 99.5, 0.0, 1.0, clip=True, dtype=np.float32)
     images, geometries = [], []
     for case in tqdm(meta["training"], desc="load", unit="case"):
-        image = read_nifti(dataset_json.parent / case["image"]).astype(np.float32)
-        lo, hi = np.percentile(image, [0.5, 99.5])
-        scaled = torch.from_numpy(np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32))[None, None]
-        images.append(F.interpolate(scaled, size=grid, mode="bilinear", antialias=True)[0])
+        scaled = torch.as_tensor(np.asarray(scale(read_nifti(dataset_json.parent / case["image"]).astype(np.float32))))
+        images.append(F.interpolate(scaled[None, None], size=grid, mode="bilinear", antialias=True)[0])
         geometries.append(measure(read_nifti(dataset_json.parent / case["label"]).astype(np.uint8), num))
     return {
         "image": torch.stack(images),
@@ -176,12 +176,11 @@ def main(argv: list[str] | None = None) -> None:
             opt.step()
             sched.step()
         if epoch % args.every == 0 or epoch == args.epochs:
-            right_val = int((naming_offsets(centroids(net, data["image"][val], device), rows[val]) == 0).sum())
+            counter = naming_offsets(centroids(net, data["image"][val], device), rows[val]) == 0
             seen = train[:len(val)]
             right_train = int((naming_offsets(centroids(net, data["image"][seen], device), rows[seen]) == 0).sum())
-            print(f"epoch {epoch}: named right {right_val}/{len(val)} validation, {right_train}/{len(seen)} "
+            print(f"epoch {epoch}: named right {int(counter.sum())}/{len(val)} validation, {right_train}/{len(seen)} "
                   f"training cases ({time.time() - start:.0f} s)", flush=True)
-    counter = naming_offsets(centroids(net, data["image"][val], device), rows[val]) == 0
     prior = naming_offsets(torch.nanmedian(rows[train], 0).values.expand(len(val), -1), rows[val]) == 0
     print(f"position prior (median place over the training labels): {int(prior.sum())}/{len(val)} named right; "
           f"level counter: {int(counter.sum())}/{len(val)}")
