@@ -31,7 +31,7 @@ STUDIES ?= $(DATA)/imagesTs
 LABEL_PORT ?= 8000
 
 .PHONY: install test lint convert-data train evaluate audit-labels report infer export export-model predict-test demo bench-convert \
-	bench-infer bench-levels clean label-install label-serve test-label
+	bench-infer bench-levels bench-refine clean label-install label-serve test-label
 
 install: $(INSTALLED)
 
@@ -124,6 +124,12 @@ bench-infer: install
 bench-levels: $(DATA)/dataset.json
 	$(PY) benchmarks/level_counter.py --dataset-json $(DATA)/dataset.json --fold $(FOLD) \
 		$(if $(wildcard $(EVAL_OUT)/pred),--eval-dir $(EVAL_OUT))
+
+# Does a third stage, one window per vertebra at about twice stage 2's resolution, draw better outlines? Trains it
+# on fold $(FOLD)'s training vertebrae (about 31 min here) and refines make evaluate's masks (bundle/docs, "A third stage").
+bench-refine: $(DATA)/dataset.json
+	@test -d $(EVAL_OUT)/pred || { echo "bench-refine: no $(EVAL_OUT)/pred; run make evaluate first" >&2; exit 2; }
+	$(PY) benchmarks/vertebra_refine.py --dataset-json $(DATA)/dataset.json --fold $(FOLD) --eval-dir $(EVAL_OUT)
 
 # MONAI Label server venv; versions in requirements-label.txt (torch/torchvision installed first).
 label-install: $(LABEL_INSTALLED)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from monai.bundle import ConfigParser
 
 from data_prep.convert import Report, convert
+from spine_seg.nifti_io import read_nifti, write_nifti
 from spine_seg.phantom import write_challenge_folder
 from spine_seg.predict import DEFAULT_BUNDLE, bundle_structure_names
 
@@ -19,6 +22,20 @@ from spine_seg.predict import DEFAULT_BUNDLE, bundle_structure_names
 SMALL_SHAPE = (64, 48)
 # ../shared/data/aasce relative to the repository root.
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aasce"
+
+
+@pytest.fixture(scope="session")
+def load_benchmark() -> Callable[[str], ModuleType]:
+    """Factory: ``load_benchmark(name)`` imports ``benchmarks/<name>.py`` (a script folder, not a package)."""
+
+    def load(name: str) -> ModuleType:
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        return module
+
+    return load
 
 
 @pytest.fixture
@@ -139,3 +156,16 @@ def onnx_predicted(exported_model: dict[str, Path], tmp_path_factory: pytest.Tem
     argv = ["predict", str(raw / "test" / "img"), "--out", str(out), "--backend", "onnx", "--dicom-seg"]
     assert cli_main([*argv, "--weights", str(exported_model["onnx"]), "--no-progress", "--no-overlay"]) == 0
     return raw, out
+
+
+@pytest.fixture
+def expert_cascade(make_challenge: Callable[..., Path], run_convert: Callable[..., Report], tmp_path: Path) -> tuple:
+    """Ten converted 160 x 64 phantoms and an evaluation folder whose ``pred/`` holds fold 0's expert labels (a
+    "cascade" that names every case right at a Dice of 1): ``(dataset.json, eval folder, fold-0 cases)``."""
+    data = tmp_path / "data"
+    run_convert(make_challenge("raw", n_train=10, n_test=0, shape=(160, 64)), data)
+    val = [c for c in json.loads((data / "dataset.json").read_text())["training"] if c["fold"] == 0]
+    (tmp_path / "eval" / "pred").mkdir(parents=True)
+    for case in val:
+        write_nifti(tmp_path / "eval" / "pred" / f"{case['id']}_seg.nii.gz", read_nifti(data / case["label"]))
+    return data / "dataset.json", tmp_path / "eval", val

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import re
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
-from spine_seg.nifti_io import read_nifti, write_nifti
-
 
 @pytest.fixture(scope="module")
-def level_counter() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "level_counter.py"
-    spec = importlib.util.spec_from_file_location("level_counter", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+def level_counter(load_benchmark: Callable[[str], ModuleType]) -> ModuleType:
+    return load_benchmark("level_counter")
 
 
 def test_naming_offsets_count_pitches(level_counter: ModuleType) -> None:
@@ -43,23 +34,15 @@ def test_augment_moves_the_rows_with_the_image(level_counter: ModuleType) -> Non
 
 
 def test_runs_on_phantoms_and_scores_the_cascade(
-    level_counter: ModuleType, make_challenge: Callable[..., Path], run_convert: Callable, tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    level_counter: ModuleType, expert_cascade: tuple, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = tmp_path / "data"
-    run_convert(make_challenge("raw", n_train=10, n_test=0, shape=(160, 64)), data)
-    meta = json.loads((data / "dataset.json").read_text())
-    val = [c for c in meta["training"] if c["fold"] == 0]
-    # a "cascade" that predicts the expert labels themselves names every validation case right
-    (tmp_path / "eval" / "pred").mkdir(parents=True)
-    for case in val:
-        write_nifti(tmp_path / "eval" / "pred" / f"{case['id']}_seg.nii.gz", read_nifti(data / case["label"]))
-    level_counter.main(["--dataset-json", str(data / "dataset.json"), "--eval-dir", str(tmp_path / "eval"),
+    dataset_json, eval_dir, val = expert_cascade  # a "cascade" that predicts the expert labels themselves
+    level_counter.main(["--dataset-json", str(dataset_json), "--eval-dir", str(eval_dir),
                         "--grid", "64", "32", "--epochs", "2", "--every", "1"])
     out = capsys.readouterr().out
     assert len(re.findall(rf"epoch \d: named right \d+/{len(val)} validation", out)) == 2
     assert re.search(rf"position prior .*: \d+/{len(val)} named right; level counter: \d+/{len(val)}", out)
-    assert f"cascade ({tmp_path / 'eval'}): {len(val)}/{len(val)} named right" in out
+    assert f"cascade ({eval_dir}): {len(val)}/{len(val)} named right" in out
     table = [line for line in out.splitlines() if re.match(r"\s+(True|False) \|", line)]
     assert sum(int(line.rsplit("|", 1)[1]) for line in table) == len(val)
     assert all(line.split("|")[0].strip() == "True" for line in table)
