@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from spine_seg.dataset_json import read_dataset_json
 from spine_seg.eval_compare import paired_difference
-from spine_seg.evaluation_table import dice, level_shift
+from spine_seg.evaluation_table import level_shift, mean_dice
 from spine_seg.nifti_io import read_nifti
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))  # the bundle's `scripts` package
@@ -62,33 +62,31 @@ def windows(label: np.ndarray, num: int, ratio: float) -> dict[int, tuple[float,
     return out
 
 
-def _region(window: tuple[float, float, float]) -> tuple[int, int, int]:
+def _overlap(window: tuple[float, float, float], shape: tuple[int, ...]) -> tuple[int, tuple, tuple]:
+    """The window's side in whole pixels, and the slices of its part inside an image of ``shape``: in the image
+    and in the window (empty where it lies wholly outside)."""
     row, col, side = window
     size = max(int(round(side)), 1)
-    return int(round(row - size / 2)), int(round(col - size / 2)), size
+    r0, c0 = int(round(row - size / 2)), int(round(col - size / 2))
+    rs, cs = max(r0, 0), max(c0, 0)
+    re, ce = max(min(r0 + size, shape[0]), rs), max(min(c0 + size, shape[1]), cs)
+    return size, (slice(rs, re), slice(cs, ce)), (slice(rs - r0, re - r0), slice(cs - c0, ce - c0))
 
 
 def cut(image: np.ndarray, window: tuple[float, float, float], size: int, mode: str = "bilinear") -> torch.Tensor:
     """The square ``window`` of ``image`` (``R x C``), zero outside the image, resized to ``1 x size x size``."""
-    r0, c0, side = _region(window)
+    side, inside, part = _overlap(window, image.shape)
     patch = np.zeros((side, side), dtype=np.float32)
-    rs, cs = max(r0, 0), max(c0, 0)
-    re, ce = min(r0 + side, image.shape[0]), min(c0 + side, image.shape[1])
-    if re > rs and ce > cs:
-        patch[rs - r0:re - r0, cs - c0:ce - c0] = image[rs:re, cs:ce]
+    patch[part] = image[inside]
     smooth = {"antialias": True} if mode == "bilinear" else {}
     return F.interpolate(torch.from_numpy(patch)[None, None], size=(size, size), mode=mode, **smooth)[0]
 
 
 def paste(prob: torch.Tensor, window: tuple[float, float, float], shape: tuple[int, int]) -> np.ndarray:
     """A ``size x size`` window probability back on the ``shape`` grid (bilinear; zero outside the window)."""
-    r0, c0, side = _region(window)
-    full = F.interpolate(prob[None, None].float(), size=(side, side), mode="bilinear")[0, 0].numpy()
+    side, inside, part = _overlap(window, shape)
     out = np.zeros(shape, dtype=np.float32)
-    rs, cs = max(r0, 0), max(c0, 0)
-    re, ce = min(r0 + side, shape[0]), min(c0 + side, shape[1])
-    if re > rs and ce > cs:
-        out[rs:re, cs:ce] = full[rs - r0:re - r0, cs - c0:ce - c0]
+    out[inside] = F.interpolate(prob[None, None].float(), size=(side, side), mode="bilinear")[0, 0].numpy()[part]
     return out
 
 
@@ -143,11 +141,6 @@ def refine(net: torch.nn.Module, image: np.ndarray, source: np.ndarray, num: int
     labels = np.array([0, *found])
     best = maps.argmax(0)
     return np.where(maps.max(0) > 0.5, labels[best], 0).astype(np.uint8)
-
-
-def mean_dice(pred: np.ndarray, label: np.ndarray, num: int) -> float:
-    """Mean over structures 1..num of the Dice of ``pred`` against ``label`` (0 where one of them lacks it)."""
-    return float(np.mean([dice(pred == k, label == k) for k in range(1, num + 1)]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -207,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, subset in (("all", np.ones_like(named)), ("named right by the cascade", named)):
         print(f"{name}: refined against the cascade, {paired_difference(refined[subset], cascade[subset])}; "
               f"expert windows refined {ceiling[subset].mean():.3f}")
+
 
 if __name__ == "__main__":
     main()

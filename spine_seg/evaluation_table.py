@@ -90,6 +90,11 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * float((a & b).sum()) / total if total else 1.0
 
 
+def mean_dice(pred: np.ndarray, label: np.ndarray, num_structures: int) -> float:
+    """Mean over structures 1..num_structures of the Dice of two ``R x C`` label maps (0 where one lacks it)."""
+    return float(np.mean([dice(pred == k, label == k) for k in range(1, num_structures + 1)]))
+
+
 @dataclass(frozen=True)
 class CaseLevels:
     """How one prediction names the levels: whole-spine Dice, level offset (see ``level_shift``), mean
@@ -115,7 +120,7 @@ def case_levels(eval_dir: str | Path, labels_dir: str | Path, num_structures: in
         cases[name] = CaseLevels(
             spine_dice=dice(pred > 0, label > 0),
             offset=level_shift(pred, label, num_structures),
-            mean_dice=float(np.mean([dice(pred == k, label == k) for k in range(1, num_structures + 1)])),
+            mean_dice=mean_dice(pred, label, num_structures),
             flagged=bool(plausibility_problems(pred, num_structures)),
         )
     return cases
