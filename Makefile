@@ -20,6 +20,7 @@ OUT ?= out
 MODELS ?= $(if $(OWN_DATA),models/$(OWN_DATA),bundle/models)
 CKPT ?= $(MODELS)/model.pt
 COARSE_CKPT ?= $(MODELS)/coarse.pt
+REFINE_CKPT ?= $(MODELS)/refine.pt
 STRUCTURES ?= T12,L1,L2,L3,L4,L5
 CHANNELS ?= 7
 BUNDLE_RUN := $(PY) -m monai.bundle run --logging_file bundle/configs/logging.conf
@@ -30,8 +31,8 @@ LABEL_INSTALLED := $(LABEL_VENV)/.installed
 STUDIES ?= $(DATA)/imagesTs
 LABEL_PORT ?= 8000
 
-.PHONY: install test lint convert-data train evaluate audit-labels report infer export export-model predict-test demo bench-convert \
-	bench-infer bench-levels bench-refine clean label-install label-serve test-label
+.PHONY: install test lint convert-data train train-coarse train-fine train-refine evaluate audit-labels report infer export export-model predict-test demo bench-convert \
+	bench-infer bench-levels clean label-install label-serve test-label
 
 install: $(INSTALLED)
 
@@ -60,14 +61,25 @@ convert-data: install
 $(DATA)/dataset.json: | install
 	$(CONVERT)
 
-# Two stages, each resumable from its last checkpoint in $(RUN_DIR)/<stage>: the whole-image coarse network
-# ($(MODELS)/coarse.pt), then the fine network on the box around the vertebrae ($(MODELS)/model.pt).
-train: $(DATA)/dataset.json
-	mkdir -p $(RUN_DIR)/coarse $(RUN_DIR)/fine
-	$(BUNDLE_RUN) training --config_file "['bundle/configs/train.json','bundle/configs/train_coarse.json']" \
-		--dataset_dir $(DATA) --fold $(FOLD) --ckpt_dir $(MODELS) --run_dir $(RUN_DIR)/coarse 2>&1 | tee -a $(RUN_DIR)/coarse/train.log
-	$(BUNDLE_RUN) training --config_file bundle/configs/train.json \
-		--dataset_dir $(DATA) --fold $(FOLD) --ckpt_dir $(MODELS) --run_dir $(RUN_DIR)/fine 2>&1 | tee -a $(RUN_DIR)/fine/train.log
+# Three stages, each resumable from its last checkpoint in $(RUN_DIR)/<stage> and each a target of its own: the
+# whole-image coarse network ($(MODELS)/coarse.pt), the fine network on the box around the vertebrae
+# ($(MODELS)/model.pt), then the per-vertebra network that redraws each vertebra in its own window ($(MODELS)/refine.pt).
+TRAIN = $(BUNDLE_RUN) training --dataset_dir $(DATA) --fold $(FOLD) --ckpt_dir $(MODELS)
+train: train-coarse train-fine train-refine
+
+train-coarse: $(DATA)/dataset.json
+	mkdir -p $(RUN_DIR)/coarse
+	$(TRAIN) --config_file "['bundle/configs/train.json','bundle/configs/train_coarse.json']" \
+		--run_dir $(RUN_DIR)/coarse 2>&1 | tee -a $(RUN_DIR)/coarse/train.log
+
+train-fine: $(DATA)/dataset.json
+	mkdir -p $(RUN_DIR)/fine
+	$(TRAIN) --config_file bundle/configs/train.json --run_dir $(RUN_DIR)/fine 2>&1 | tee -a $(RUN_DIR)/fine/train.log
+
+train-refine: $(DATA)/dataset.json
+	mkdir -p $(RUN_DIR)/refine
+	$(TRAIN) --config_file "['bundle/configs/train.json','bundle/configs/train_refine.json']" \
+		--run_dir $(RUN_DIR)/refine 2>&1 | tee -a $(RUN_DIR)/refine/train.log
 
 # EVAL_ARGS: bundle overrides, e.g. "--validate#spine_crop#source_key label" (boxes from the expert label: an
 # upper bound for stage 1, evaluation only); EVAL_OUT: where to write (default out/eval$(SUFFIX)); EVAL_BASE: an earlier
@@ -94,7 +106,7 @@ report: install
 
 predict-test: $(DATA)/dataset.json
 	$(PY) -m spine_seg.cli predict $(RAW)/test/img --out $(OUT)/test-npy$(SUFFIX) --dataset-json $(DATA)/dataset.json \
-		--weights $(CKPT) --coarse-weights $(COARSE_CKPT)
+		--weights $(CKPT) --coarse-weights $(COARSE_CKPT) --refine-weights $(REFINE_CKPT)
 
 demo: install
 	$(PY) -m spine_seg.demo --raw $(RAW) --out $(OUT)/demo
@@ -103,14 +115,15 @@ demo: install
 INFER_ARGS ?=
 infer: $(DATA)/dataset.json
 	$(BUNDLE_RUN) --config_file bundle/configs/inference.json --dataset_dir $(DATA) --output_dir $(OUT)/pred$(SUFFIX) \
-		--ckpt_path $(CKPT) --coarse_ckpt_path $(COARSE_CKPT) $(INFER_ARGS)
+		--ckpt_path $(CKPT) --coarse_ckpt_path $(COARSE_CKPT) --refine_ckpt_path $(REFINE_CKPT) $(INFER_ARGS)
 
 export: infer
 	$(PY) -m spine_seg.cli export $(OUT)/pred$(SUFFIX) $(OUT)/npy$(SUFFIX) --dataset-json $(DATA)/dataset.json
 
 # TorchScript (MONAI ckpt_export) + ONNX of the trained weights, for deployment (`spine-seg predict --backend onnx`).
 export-model: install
-	$(PY) -m spine_seg.model_export --ckpt $(CKPT) --coarse-ckpt $(COARSE_CKPT) --out-dir $(MODELS)
+	$(PY) -m spine_seg.model_export --ckpt $(CKPT) --coarse-ckpt $(COARSE_CKPT) --refine-ckpt $(REFINE_CKPT) \
+		--out-dir $(MODELS)
 
 bench-convert: install
 	$(PY) benchmarks/bench_convert.py
@@ -124,12 +137,6 @@ bench-infer: install
 bench-levels: $(DATA)/dataset.json
 	$(PY) benchmarks/level_counter.py --dataset-json $(DATA)/dataset.json --fold $(FOLD) \
 		$(if $(wildcard $(EVAL_OUT)/pred),--eval-dir $(EVAL_OUT))
-
-# Does a third stage, one window per vertebra at about twice stage 2's resolution, draw better outlines? Trains it
-# on fold $(FOLD)'s training vertebrae (about 31 min here) and refines make evaluate's masks (bundle/docs, "A third stage").
-bench-refine: $(DATA)/dataset.json
-	@test -d $(EVAL_OUT)/pred || { echo "bench-refine: no $(EVAL_OUT)/pred; run make evaluate first" >&2; exit 2; }
-	$(PY) benchmarks/vertebra_refine.py --dataset-json $(DATA)/dataset.json --fold $(FOLD) --eval-dir $(EVAL_OUT)
 
 # MONAI Label server venv; versions in requirements-label.txt (torch/torchvision installed first).
 label-install: $(LABEL_INSTALLED)

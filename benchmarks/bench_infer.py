@@ -2,7 +2,8 @@
 
 Stages timed separately per image: load (DICOM decode + preprocessing), stage 1 (the coarse network that
 finds the vertebrae, inside the preprocessing), inference (the fine network on the crop's grid), restore
-(softmax, Invertd to the original grid, argmax, largest component), checks (the plausibility checks that
+(softmax, Invertd to the original grid, argmax, largest component), stage 3 (the per-vertebra network that redraws
+each vertebra in its own window, and the largest component again), checks (the plausibility checks that
 ``spine-seg predict`` runs on each mask) and export (.npy).
 Then the same images through the ONNX backend (``spine-seg predict --backend onnx``: onnxruntime and numpy),
 DICOM -> checks -> .npy. Also times sliding-window inference at native resolution to show what the working-grid design
@@ -65,6 +66,8 @@ def main() -> None:
     inferer = config.get_parsed_content("inferer")
     restore = [config.get_parsed_content(f"postprocessing_transforms#{k}") for k in ("softmax", "invert", "argmax")]
     restore.append(config.get_parsed_content("largest_component"))
+    refine = [config.get_parsed_content(k) for k in ("refine", "largest_component")] \
+        if config.get_parsed_content("refine_vertebrae") else []
     fmt = ExportFormat()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
@@ -81,7 +84,7 @@ def main() -> None:
                 write_dicom(images[-1], image, transfer_syntax="jpeg-baseline")
             print(f"{len(images)} phantom radiographs of 3000 x 2500 px (JPEG baseline) on {device}")
         times: dict[str, list[float]] = {
-            k: [] for k in ("load", "stage 1", "inference", "restore", "checks", "export")
+            k: [] for k in ("load", "stage 1", "inference", "restore", "stage 3", "checks", "export")
         }
         for i, path in enumerate(images):
             t0 = time.perf_counter()
@@ -101,13 +104,17 @@ def main() -> None:
                 t2 = time.perf_counter()
                 for transform in restore:
                     data = transform(data)
+                t3 = time.perf_counter()
+                for transform in refine:
+                    data = transform(data)
             class_map = data["pred"][0].cpu().numpy().astype(np.uint8)
-            t3 = time.perf_counter()
-            plausibility_problems(class_map, config["num_classes"] - 1)
             t4 = time.perf_counter()
-            save_npy(tmp_dir / f"{i}.npy", class_map_to_challenge(class_map, fmt))
+            plausibility_problems(class_map, config["num_classes"] - 1)
             t5 = time.perf_counter()
-            for key, dt in zip(times, (t1 - t0 - coarse, coarse, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+            save_npy(tmp_dir / f"{i}.npy", class_map_to_challenge(class_map, fmt))
+            t6 = time.perf_counter()
+            steps = (t1 - t0 - coarse, coarse, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)
+            for key, dt in zip(times, steps, strict=True):
                 times[key].append(dt)
         total = np.sum([times[k] for k in times], axis=0)
         skip = 1 if len(images) > 1 else 0  # the first image pays one-off start-up costs
@@ -128,7 +135,7 @@ def main() -> None:
                 plausibility_problems(class_map, config["num_classes"] - 1)
                 save_npy(tmp_dir / f"onnx{i}.npy", class_map_to_challenge(class_map, fmt))
                 onnx_times.append(time.perf_counter() - t0)
-            print(f"onnx backend (onnxruntime + numpy, both stages), DICOM -> .npy: "
+            print(f"onnx backend (onnxruntime + numpy, all stages), DICOM -> .npy: "
                   f"{np.mean(onnx_times[skip:]):.3f} s per image; peak memory {peak_mb():.0f} MB")
         else:
             print(f"onnx backend: {onnx_model} missing (make export-model), not timed")

@@ -79,11 +79,14 @@ def _predict(args: argparse.Namespace) -> int:
         shipped = bundle_structure_names(Path(args.bundle))
         names = shipped if n == len(shipped) else None
     onnx = args.backend == "onnx"
-    if onnx and args.coarse_weights:
-        raise ValueError("--coarse-weights is for the torch backend; with --backend onnx the stage-1 model is the "
-                         "one named in --weights' metadata, beside it (write both with `make export-model`)")
+    for option, stage in (("coarse_weights", "stage-1"), ("refine_weights", "stage-3")):
+        if onnx and getattr(args, option):
+            flag = "--" + option.replace("_", "-")
+            raise ValueError(f"{flag} is for the torch backend; with --backend onnx the {stage} model is the one "
+                             "named in --weights' metadata, beside it (write all with `make export-model`)")
     images = _dicoms(args.images)[: args.limit]
-    weights = {"ckpt_path": args.weights, "coarse_ckpt_path": args.coarse_weights}
+    weights = {"ckpt_path": args.weights, "coarse_ckpt_path": args.coarse_weights,
+               "refine_ckpt_path": args.refine_weights}
     overrides = {k: v for k, v in weights.items() if v and not onnx}
     report = predict(
         images, args.out, fmt, Path(args.bundle), not args.no_overlay, names, not args.no_progress,
@@ -116,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument(
         "--coarse-weights", help="stage-1 checkpoint instead of <bundle>/models/coarse.pt (torch backend)"
+    )
+    pred.add_argument(
+        "--refine-weights",
+        help="stage-3 (per-vertebra) checkpoint instead of <bundle>/models/refine.pt (torch backend)",
     )
     pred.add_argument(
         "--backend", choices=BACKENDS, default="torch",

@@ -53,12 +53,12 @@ def prepare_app(
 ) -> Path:
     """Copy the ``monaibundle`` sample app to ``app_root/monaibundle`` (once) and link the bundle into it.
 
-    Returns the app directory. A bundle without both stages' weights (``models/coarse.pt``, ``models/model.pt``)
-    is refused with a FileNotFoundError naming the missing file unless ``require_weights`` is false: MONAI Label
-    would start anyway and answer every request for the model with an obscure AttributeError.
+    Returns the app directory. A bundle without the three stages' weights (``models/coarse.pt``, ``models/model.pt``,
+    ``models/refine.pt``) is refused with a FileNotFoundError naming the missing file unless ``require_weights`` is
+    false: MONAI Label would start anyway and answer every request for the model with an obscure AttributeError.
     """
     if require_weights:
-        for weights in ("coarse.pt", "model.pt"):
+        for weights in ("coarse.pt", "model.pt", "refine.pt"):
             if not (Path(bundle_dir) / "models" / weights).is_file():
                 raise FileNotFoundError(f"{Path(bundle_dir) / 'models' / weights}: no trained weights to serve; "
                                         "run `make train` or copy the bundle's weights there")
@@ -119,8 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--app-root", default=str(DEFAULT_APP_ROOT), help="where the sample app is copied")
     parser.add_argument("--bundle", default=str(REPO_ROOT / "bundle"))
     parser.add_argument("--venv", default=str(DEFAULT_LABEL_VENV), help="the MONAI Label virtual environment")
-    parser.add_argument("--models", help="serve the weights in this folder (coarse.pt, model.pt) instead of the "
-                                         "bundle's: those of `make train DATA=...`")
+    parser.add_argument("--models", help="serve the weights in this folder (coarse.pt, model.pt, refine.pt) instead "
+                                         "of the bundle's: those of `make train DATA=...`")
     parser.add_argument("--dataset-json", help="with --models: the data set they were trained on (label names)")
     args = parser.parse_args(argv)
     if not Path(args.studies).is_dir():

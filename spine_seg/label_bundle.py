@@ -3,7 +3,7 @@
 MONAI Label's ``monaibundle`` app serves a bundle folder as it is: the weights in its ``models/``, the class
 count in ``configs/inference.json`` and the label names in ``configs/metadata.json`` (the output
 ``channel_def``). :func:`write_label_bundle` writes such a folder for other weights: the bundle's configs and
-scripts, the two stages' weights, ``num_classes`` from the weights and the names from the data set's
+scripts, the three stages' weights, ``num_classes`` from the weights and the names from the data set's
 ``dataset.json``.
 """
 
@@ -21,15 +21,17 @@ from spine_seg.predict import DEFAULT_BUNDLE, bundle_weights
 def write_label_bundle(models_dir: str | Path, dataset_json: str | Path, out: str | Path,
                        bundle_dir: str | Path = DEFAULT_BUNDLE) -> Path:
     """Write ``out``: ``bundle_dir``'s configs and scripts with the weights of ``models_dir`` (``coarse.pt``,
-    ``model.pt``), their class count as ``num_classes`` and ``dataset_json``'s labels as the output channels.
+    ``model.pt``, ``refine.pt``), their class count as ``num_classes`` and ``dataset_json``'s labels as the output
+    channels.
 
     The folder is written beside ``out`` and replaces it only once complete. Raises FileNotFoundError for missing
     weights, RuntimeError for weights that are not the bundle's or whose stages differ, and ValueError when the
     data set's labels do not match the weights' class count.
     """
     models_dir, bundle_dir, out = Path(models_dir), Path(bundle_dir), Path(out)
-    coarse, fine, classes = bundle_weights(bundle_dir, coarse_ckpt_path=models_dir / "coarse.pt",
-                                           ckpt_path=models_dir / "model.pt")
+    coarse, fine, refine, classes = bundle_weights(bundle_dir, coarse_ckpt_path=models_dir / "coarse.pt",
+                                                   ckpt_path=models_dir / "model.pt",
+                                                   refine_ckpt_path=models_dir / "refine.pt")
     labels = read_dataset_json(dataset_json)["labels"]
     if len(labels) != classes:
         raise ValueError(f"{dataset_json} names {len(labels)} classes ({', '.join(labels.values())}) but {fine} "
@@ -40,7 +42,7 @@ def write_label_bundle(models_dir: str | Path, dataset_json: str | Path, out: st
         shutil.copytree(bundle_dir / "configs", tmp / "configs")
         shutil.copytree(bundle_dir / "scripts", tmp / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
         (tmp / "models").mkdir()
-        for weights in (coarse, fine):
+        for weights in (coarse, fine, refine):
             shutil.copy2(weights, tmp / "models" / weights.name)
         inference = json.loads((tmp / "configs" / "inference.json").read_text())
         inference["num_classes"] = classes

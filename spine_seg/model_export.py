@@ -3,10 +3,12 @@
 TorchScript comes from MONAI's own ``ckpt_export`` (the function behind ``python -m monai.bundle ckpt_export``;
 BasicUNet scripts without tracing), so the ``.ts`` file carries ``metadata.json`` and ``inference.json``.
 ONNX uses ``torch.onnx.export(dynamo=False)`` (the TorchScript-based exporter; the dynamo exporter would need
-``onnxscript``) with dynamic batch, height and width. Both stages are exported: ``model.*`` (fine) and
-``coarse.*`` (stage 1, which finds the box the fine stage segments). The trace drops BasicUNet's padding branch for odd
-feature-map sizes, so the ONNX model takes heights and widths that are multiples of 16 only (the working grid
-always is). The ``.onnx`` file also carries the pre/postprocessing parameters for :mod:`spine_seg.onnx_predict`.
+``onnxscript``) with dynamic batch, height and width. All stages are exported: ``model.*`` (fine), ``coarse.*``
+(stage 1, which finds the box the fine stage segments) and ``refine.*`` (stage 3, which redraws each vertebra in its
+own window; unless ``inference.json`` switches it off with ``refine_vertebrae``). The trace drops BasicUNet's padding
+branch for odd feature-map sizes, so the ONNX models take heights and widths that are multiples of 16 only (the
+working grids always are). The ``.onnx`` file also carries the pre/postprocessing parameters for
+:mod:`spine_seg.onnx_predict`.
 
     python -m spine_seg.model_export --ckpt bundle/models/model.pt --out-dir bundle/models
 """
@@ -58,8 +60,8 @@ def _load_state(ckpt: Path) -> tuple[dict, str]:
 def build_network(
     bundle_dir: str | Path = DEFAULT_BUNDLE, net_id: str = "network_def", num_classes: int | None = None
 ) -> Any:
-    """A freshly initialised ``net_id`` (``network_def`` or ``coarse_network_def``) of ``inference.json``, with
-    ``num_classes`` outputs instead of the config's when given."""
+    """A freshly initialised ``net_id`` (``network_def``, ``coarse_network_def`` or ``refine_network_def``) of
+    ``inference.json``, with ``num_classes`` outputs instead of the config's when given (stage 3 has three)."""
     return _parser(Path(bundle_dir), num_classes).get_parsed_content(net_id)
 
 
@@ -95,6 +97,7 @@ def inference_spec(bundle_dir: str | Path = DEFAULT_BUNDLE, num_classes: int | N
         return parser.get_parsed_content(ref) if ref in parser else default
 
     resize, scale = ids["Resized"], ids["ScaleIntensityRangePercentilesd"]
+    refine = bool(get("refine_vertebrae", False))
     if get(f"{resize}#mode", "area") != "bilinear":
         raise ValueError("the ONNX path implements Resized(mode='bilinear') only")
     return InferenceSpec(
@@ -110,15 +113,21 @@ def inference_spec(bundle_dir: str | Path = DEFAULT_BUNDLE, num_classes: int | N
         coarse_spatial_size=tuple(int(s) for s in get(f"{ids[coarse_id]}#spatial_size")),
         crop_margins=tuple(float(m) for m in get(f"{ids[crop_id]}#margins")),
         crop_aspect=float(get(f"{ids[crop_id]}#aspect")),
+        refine_model="refine.onnx" if refine else "",
+        refine_ratio=float(get("refine#ratio", 1.6)),
+        refine_size=int(get("refine#size", 128)),
+        refine_threshold=float(get("refine#threshold", 0.5)),
     )
 
 
 def export_torchscript(
-    ckpt: str | Path, out: str | Path, bundle_dir: str | Path = DEFAULT_BUNDLE, net_id: str = "network_def"
+    ckpt: str | Path, out: str | Path, bundle_dir: str | Path = DEFAULT_BUNDLE, net_id: str = "network_def",
+    num_classes: int | None = None,
 ) -> Path:
     """Write ``out`` (``.ts``) with MONAI's ``ckpt_export`` after checking that ``ckpt`` fits ``net_id``. The
-    network and the ``inference.json`` stored in ``out`` have the weights' class count: ``ckpt_export`` stores
-    the config file as it is on disk, so it gets a copy with that ``num_classes``."""
+    ``inference.json`` stored in ``out`` has ``num_classes`` (default: the weights' class count; stage 3's
+    three classes are not the model's): ``ckpt_export`` stores the config file as it is on disk, so it gets a
+    copy with that ``num_classes``."""
     from monai.bundle import ConfigParser, ckpt_export
 
     ckpt, out, bundle_dir = Path(ckpt), Path(out), Path(bundle_dir)
@@ -128,7 +137,7 @@ def export_torchscript(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="spine-seg-") as tmp:
         stored = Path(tmp) / config.name
-        classes = state_classes(state, ckpt)
+        classes = num_classes or state_classes(state, ckpt)
         stored.write_text(json.dumps({**ConfigParser.load_config_file(config), "num_classes": classes}, indent=4))
         ckpt_export(
             net_id, filepath=str(out), ckpt_file=str(ckpt), meta_file=str(meta), config_file=str(stored),
@@ -169,27 +178,34 @@ def export_model(
     out_dir: str | Path,
     bundle_dir: str | Path = DEFAULT_BUNDLE,
     coarse_ckpt: str | Path | None = None,
+    refine_ckpt: str | Path | None = None,
 ) -> dict[str, Path]:
-    """Write ``model.ts``/``.onnx`` from ``ckpt`` and ``coarse.ts``/``.onnx`` from ``coarse_ckpt`` (default: the
-    bundle's ``models/coarse.pt``) into ``out_dir``; returns ``{"torchscript", "onnx", "coarse_torchscript",
-    "coarse_onnx"}``. Both checkpoints are checked before anything is written, and the four files replace
-    earlier ones together, only once all four are written: a failed export leaves the old set as it was."""
+    """Write ``model.ts``/``.onnx`` from ``ckpt``, ``coarse.ts``/``.onnx`` from ``coarse_ckpt`` and, where
+    ``inference.json`` runs stage 3, ``refine.ts``/``.onnx`` from ``refine_ckpt`` (defaults: the bundle's
+    ``models/coarse.pt``, ``models/refine.pt``) into ``out_dir``; returns ``{"torchscript", "onnx",
+    "coarse_torchscript", "coarse_onnx"[, "refine_torchscript", "refine_onnx"]}``. The checkpoints are checked before
+    anything is written, and the files replace earlier ones together, only once all are written: a failed export
+    leaves the old set as it was."""
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
     coarse_ckpt = Path(coarse_ckpt or bundle_dir / "models" / "coarse.pt")
+    refine_ckpt = Path(refine_ckpt or bundle_dir / "models" / "refine.pt")
     net, coarse = load_network(ckpt, bundle_dir), load_network(coarse_ckpt, bundle_dir, "coarse_network_def")
-    spec = inference_spec(bundle_dir, stage_classes(coarse_ckpt, Path(ckpt)))
-    targets = {
-        "torchscript": out_dir / "model.ts",
-        "onnx": out_dir / "model.onnx",
-        "coarse_torchscript": out_dir / "coarse.ts",
-        "coarse_onnx": out_dir / spec.coarse_model,
-    }
-    with contextlib.ExitStack() as stack:  # all four to temporary files; renamed only once all four are written
+    classes = stage_classes(coarse_ckpt, Path(ckpt))
+    spec = inference_spec(bundle_dir, classes)
+    stages = {"": (Path(ckpt), net, "network_def"), "coarse_": (coarse_ckpt, coarse, "coarse_network_def")}
+    if spec.refine_model:
+        stages["refine_"] = (refine_ckpt, load_network(refine_ckpt, bundle_dir, "refine_network_def"),
+                             "refine_network_def")
+    names = {"": "model", "coarse_": Path(spec.coarse_model).stem, "refine_": Path(spec.refine_model).stem}
+    targets = {}
+    for prefix in stages:
+        targets[f"{prefix}torchscript"] = out_dir / f"{names[prefix]}.ts"
+        targets[f"{prefix}onnx"] = out_dir / f"{names[prefix]}.onnx"
+    with contextlib.ExitStack() as stack:  # all to temporary files; renamed only once all are written
         tmp = {kind: stack.enter_context(atomic_path(path)) for kind, path in targets.items()}
-        export_torchscript(ckpt, tmp["torchscript"], bundle_dir)
-        export_onnx(net, tmp["onnx"], spec)
-        export_torchscript(coarse_ckpt, tmp["coarse_torchscript"], bundle_dir, "coarse_network_def")
-        export_onnx(coarse, tmp["coarse_onnx"], spec)
+        for prefix, (weights, network, net_id) in stages.items():
+            export_torchscript(weights, tmp[f"{prefix}torchscript"], bundle_dir, net_id, classes)
+            export_onnx(network, tmp[f"{prefix}onnx"], spec)
     return targets
 
 
@@ -197,11 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Export the bundle's checkpoint to TorchScript and ONNX")
     parser.add_argument("--ckpt", default=str(DEFAULT_BUNDLE / "models" / "model.pt"), help="PyTorch state dict")
     parser.add_argument("--coarse-ckpt", default=str(DEFAULT_BUNDLE / "models" / "coarse.pt"), help="stage 1")
+    parser.add_argument("--refine-ckpt", default=str(DEFAULT_BUNDLE / "models" / "refine.pt"), help="stage 3")
     parser.add_argument("--out-dir", default=str(DEFAULT_BUNDLE / "models"), help="where model.ts/.onnx go")
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="MONAI bundle folder (configs/)")
     args = parser.parse_args(argv)
     try:
-        written = export_model(args.ckpt, args.out_dir, args.bundle, args.coarse_ckpt)
+        written = export_model(args.ckpt, args.out_dir, args.bundle, args.coarse_ckpt, args.refine_ckpt)
     except (FileNotFoundError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

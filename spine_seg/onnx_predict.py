@@ -6,12 +6,17 @@ model): resize the whole image to the coarse grid (bilinear, Gaussian anti-alias
 nearest resize back; then the box around those vertebrae (the bundle's ``SpineBoxCrop``), zero-padded where
 it leaves the image. Stage 2 (``model.onnx``): the same resize and scaling of the crop to the fine grid,
 network, softmax, bilinear resize of the probabilities back to the box and paste into the image
-(``Invertd``), argmax and the largest component per label. The parameters travel inside the ``.onnx`` file
+(``Invertd``), argmax and the largest component per label. Stage 3 (``refine.onnx``, where exported): one square
+window per vertebra of that map, cut from the percentile-scaled image and resized to the stage's grid, network,
+the centre-class probability resized back and pasted; each pixel takes the vertebra of the highest probability
+over the threshold (the bundle's ``scripts/vertebra_windows.py``), and the largest component per label again. The
+parameters travel inside the ``.onnx`` file
 (metadata key :data:`SPEC_KEY`, written by :mod:`spine_seg.model_export` from ``inference.json``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -27,6 +32,20 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "pred"
 # BasicUNet pools four times; the exported graph has no padding branch, so H and W must be multiples of 16.
 SIZE_MULTIPLE = 16
+GEOMETRY = Path(__file__).resolve().parents[1] / "bundle" / "scripts" / "vertebra_geometry.py"
+
+
+def _load_geometry() -> Any:
+    """The bundle's stage-3 window geometry (``vertebra_windows``, ``window_overlap``), loaded from its file:
+    numpy and SciPy only, where the bundle's ``scripts`` package as a whole needs torch and MONAI."""
+    spec = importlib.util.spec_from_file_location("spine_seg_vertebra_geometry", GEOMETRY)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+_geometry = _load_geometry()
+vertebra_windows, window_overlap = _geometry.vertebra_windows, _geometry.window_overlap
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,10 @@ class InferenceSpec:
     crop_margins: tuple[float, float, float]
     crop_aspect: float
     coarse_model: str = "coarse.onnx"
+    refine_model: str = ""  # empty: no stage 3
+    refine_ratio: float = 1.6
+    refine_size: int = 128
+    refine_threshold: float = 0.5
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -198,6 +221,13 @@ class OnnxSegmenter:
             raise FileNotFoundError(f"{coarse_path}: no stage-1 ONNX model beside {self.model_path.name}; "
                                     "write both with `make export-model`")
         self.coarse = _session(ort, coarse_path, options, providers)
+        self.refine = None
+        if self.spec.refine_model:
+            refine_path = self.model_path.parent / self.spec.refine_model
+            if not refine_path.is_file():
+                raise FileNotFoundError(f"{refine_path}: no stage-3 ONNX model beside {self.model_path.name}; "
+                                        "write all three with `make export-model`")
+            self.refine = _session(ort, refine_path, options, providers)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw network output ``N x K x H x W`` for an ``N x 1 x H x W`` float32 batch."""
@@ -219,6 +249,26 @@ class OnnxSegmenter:
         labels = keep_largest_components(logits[0].argmax(axis=0).astype(np.uint8), self.spec.structure_labels)
         return resize_nearest(labels, image.shape)
 
+    def refine_labels(self, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Stage 3: ``labels`` (``R x C``) redrawn per vertebra on ``image`` (``R x C``); the labels are kept."""
+        spec, size = self.spec, (self.spec.refine_size,) * 2
+        found = vertebra_windows(labels, max(spec.structure_labels, default=0), spec.refine_ratio)
+        if not found:
+            return np.zeros_like(labels)
+        scaled, batch = scale_percentiles(image, spec), []
+        for window in found.values():
+            side, inside, part = window_overlap(window, image.shape)
+            patch = np.zeros((side, side), dtype=np.float32)
+            patch[part] = scaled[inside]
+            batch.append(resize_linear(anti_alias(patch, size), size))  # cut_window always anti-aliases
+        logits = self.refine.run([OUTPUT_NAME], {INPUT_NAME: np.stack(batch)[:, None].astype(np.float32)})[0]
+        maps = np.zeros((len(found) + 1, *labels.shape), dtype=np.float32)
+        for i, (prob, window) in enumerate(zip(softmax(logits, axis=1)[:, 1], found.values(), strict=True), 1):
+            side, inside, part = window_overlap(window, labels.shape)
+            maps[(i, *inside)] = resize_linear(prob, (side, side))[part]
+        names = np.array([0, *found], dtype=np.uint8)
+        return np.where(maps.max(0) > spec.refine_threshold, names[maps.argmax(0)], 0).astype(np.uint8)
+
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """``R x C`` image (any real dtype) -> ``R x C`` uint8 class map on the image's own grid."""
         spec = self.spec
@@ -230,4 +280,5 @@ class OnnxSegmenter:
         probs = softmax(self.logits(self._work(crop, spec.spatial_size))[0], axis=0)
         full = np.zeros((probs.shape[0], *image.shape), dtype=np.float32)
         full[(slice(None), *in_image)] = resize_linear(probs, crop.shape)[(slice(None), *in_box)]
-        return self._keep_largest(full.argmax(axis=0).astype(np.uint8))
+        labels = self._keep_largest(full.argmax(axis=0).astype(np.uint8))
+        return labels if self.refine is None else self._keep_largest(self.refine_labels(image, labels))

@@ -109,53 +109,73 @@ def stage_classes(coarse: Path, fine: Path) -> int:
     return classes[1]
 
 
+REFINE_CLASSES = 3  # stage 3: background, the window's vertebra, the other vertebrae
+
+
 class Weights(NamedTuple):
-    """The two stages' checkpoints and the number of classes (background included) that both predict."""
+    """The three stages' checkpoints (``refine`` is None where stage 3 is switched off) and the number of classes
+    (background included) that stages 1 and 2 both predict."""
 
     coarse: Path
     fine: Path
+    refine: Path | None
     num_classes: int
 
 
+def refines(overrides: Mapping[str, object]) -> bool:
+    """Whether the bundle runs stage 3: its ``refine_vertebrae``, unless ``overrides`` switch it off (``False``,
+    or a string such as the command line's ``"false"``, read as the configs read it)."""
+    from monai.utils import str2bool
+
+    return str2bool(overrides.get("refine_vertebrae", True))
+
+
 def bundle_weights(bundle_dir: Path = DEFAULT_BUNDLE, **overrides: object) -> Weights:
-    """The stage-1 and stage-2 checkpoints (``coarse_ckpt_path``, ``ckpt_path`` in ``overrides``, default the
-    bundle's), each checked to be a loadable state dict, and their class count, which must be the same: a model
-    trained on other structures than the shipped one is served with its own class count."""
+    """The stage-1, stage-2 and stage-3 checkpoints (``coarse_ckpt_path``, ``ckpt_path``, ``refine_ckpt_path`` in
+    ``overrides``, default the bundle's; stage 3 only where :func:`refines`), each checked to be a loadable state
+    dict, and the class count of stages 1 and 2, which must be the same: a model trained on other structures than
+    the shipped one is served with its own class count. Stage 3 has :data:`REFINE_CLASSES` whatever the data set."""
     bundle_dir = Path(bundle_dir).resolve()
     coarse = Path(str(overrides.get("coarse_ckpt_path", bundle_dir / "models" / "coarse.pt")))
     ckpt = Path(str(overrides.get("ckpt_path", bundle_dir / "models" / "model.pt")))
-    for weights in (coarse, ckpt):
-        if not weights.is_file():
+    refine = Path(str(overrides.get("refine_ckpt_path", bundle_dir / "models" / "refine.pt"))) \
+        if refines(overrides) else None
+    for weights in (coarse, ckpt, refine):
+        if weights is not None and not weights.is_file():
             raise FileNotFoundError(f"{weights}: no trained weights; train with `make train` or pass other weights")
-    return Weights(coarse, ckpt, stage_classes(coarse, ckpt))
+    if refine is not None and checkpoint_classes(refine) != REFINE_CLASSES:
+        raise RuntimeError(f"{refine}: predicts {checkpoint_classes(refine)} classes, not the {REFINE_CLASSES} of "
+                           "the per-vertebra stage (refine_ckpt_path)")
+    return Weights(coarse, ckpt, refine, stage_classes(coarse, ckpt))
 
 
 def run_bundle_inference(
     datalist: list[dict[str, str]],
     output_dir: Path,
     bundle_dir: Path,
-    coarse: Path,
-    ckpt: Path,
+    weights: Weights,
     logging_file: Path | None = None,
     **overrides: object,
 ) -> None:
-    """Run ``bundle_dir/configs/inference.json`` over ``datalist`` with the stage-1 and stage-2 weights
-    ``coarse`` and ``ckpt`` (from :func:`bundle_weights`); writes ``<id>_seg.nii.gz`` to output_dir.
-    ``logging_file``: a logging config to use instead of the bundle's ``configs/logging.conf``."""
+    """Run ``bundle_dir/configs/inference.json`` over ``datalist`` with ``weights`` (from
+    :func:`bundle_weights`); writes ``<id>_seg.nii.gz`` to output_dir. ``logging_file``: a logging config to use
+    instead of the bundle's ``configs/logging.conf``."""
     from monai.bundle import ConfigWorkflow
 
     bundle_dir = Path(bundle_dir).resolve()
-    overrides = {k: v for k, v in overrides.items() if k not in ("ckpt_path", "coarse_ckpt_path")}
+    paths = {"ckpt_path": str(weights.fine), "coarse_ckpt_path": str(weights.coarse)}
+    if weights.refine is not None:
+        paths["refine_ckpt_path"] = str(weights.refine)
+    overrides = {k: v for k, v in overrides.items() if k not in ("ckpt_path", "coarse_ckpt_path", "refine_ckpt_path")}
     workflow = ConfigWorkflow(
         config_file=str(bundle_dir / "configs" / "inference.json"),
         meta_file=str(bundle_dir / "configs" / "metadata.json"),
         logging_file=str(logging_file or bundle_dir / "configs" / "logging.conf"),
         workflow_type="infer",
         bundle_root=str(bundle_dir),
-        ckpt_path=str(ckpt),
-        coarse_ckpt_path=str(coarse),
         datalist=datalist,
         output_dir=str(output_dir),
+        **paths,
         **overrides,
     )
     with warnings.catch_warnings():
@@ -292,8 +312,7 @@ def predict(
         write_text_atomic(quiet, QUIET_LOGGING)
 
         def run(datalist: list[dict[str, str]], output_dir: Path) -> None:
-            run_bundle_inference(datalist, output_dir, bundle_dir, weights.coarse, weights.fine, logging_file=quiet,
-                                 **overrides)
+            run_bundle_inference(datalist, output_dir, bundle_dir, weights, logging_file=quiet, **overrides)
 
         for start in range(0, len(cases), CHUNK):
             radiographs = {}

@@ -37,6 +37,8 @@ CONFIGS = BUNDLE / "configs"
 SCHEDULE = ["--num_workers", "0", "--batch_size", "4", "--val_interval", "1"]
 SMALL = ["--spatial_size", "[64,32]", *SCHEDULE]
 SMALL_COARSE = ["--spatial_size", "[96,48]", *SCHEDULE]
+SMALL_REFINE = ["--refine_size", "32", *SCHEDULE]
+TRAIN_REFINE = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'train_refine.json'}']"
 
 
 def bundle_run(*args: str, cwd: Path = REPO, timeout: int = 600) -> str:
@@ -67,8 +69,9 @@ def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(phantom_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
-    """Both stages trained briefly through ``python -m monai.bundle run training`` (the design card's command):
-    the coarse whole-image network (``train.json`` + ``train_coarse.json``), then the fine one on the crops."""
+    """The three stages trained briefly through ``python -m monai.bundle run training`` (the design card's
+    command): the coarse whole-image network (``train.json`` + ``train_coarse.json``), the fine one on the crops,
+    and the per-vertebra one on windows around the expert vertebrae (``train.json`` + ``train_refine.json``)."""
     work = tmp_path_factory.mktemp("train")
     common = ["--dataset_dir", str(phantom_data), "--ckpt_dir", str(work / "models"), "--max_epochs", "16",
               "--learning_rate", "0.01"]
@@ -78,36 +81,40 @@ def trained(phantom_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     )
     log = bundle_run("run", "training", "--config_file", str(CONFIGS / "train.json"), "--run_dir", str(work / "run"),
                      *common, *SMALL)
-    return {"work": work, "log": coarse_log + log, "ckpt": work / "models" / "model.pt",
-            "coarse": work / "models" / "coarse.pt"}
+    refine_log = bundle_run("run", "training", "--config_file", TRAIN_REFINE, "--run_dir", str(work / "refine"),
+                            *common, *SMALL_REFINE)
+    return {"work": work, "log": coarse_log + log + refine_log, "ckpt": work / "models" / "model.pt",
+            "coarse": work / "models" / "coarse.pt", "refine": work / "models" / "refine.pt"}
 
 
 def cascade_args(trained: dict) -> list[str]:
-    """Overrides that point inference/evaluation at the test's own coarse stage and grids."""
+    """Overrides that point inference/evaluation at the test's own stages 1 and 3 and grids."""
     return ["--coarse_ckpt_path", str(trained["coarse"]), "--coarse_spatial_size", "[96,48]", "--spatial_size",
-            "[64,32]"]
+            "[64,32]", "--refine_ckpt_path", str(trained["refine"]), "--refine_size", "32"]
 
 
-def evaluate(phantom_data: Path, trained: dict, ckpt: Path, out: Path) -> float:
-    """``train.json`` + ``evaluate.json`` with ``ckpt`` as the fine stage; the validation mean Dice."""
+def evaluate(phantom_data: Path, trained: dict, ckpt: Path, out: Path, *overrides: str) -> float:
+    """``train.json`` + ``evaluate.json`` with ``ckpt`` as the fine stage (and ``overrides``); the validation mean
+    Dice."""
     bundle_run(
         "run", "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']",
         "--dataset_dir", str(phantom_data), "--ckpt_path", str(ckpt), "--output_dir", str(out), *SCHEDULE,
-        *cascade_args(trained),
+        *cascade_args(trained), *overrides,
     )
     return mean_dice(out)
 
 
-@pytest.mark.parametrize("net_id", ["network_def", "coarse_network_def"])
+@pytest.mark.parametrize("net_id", ["network_def", "coarse_network_def", "refine_network_def"])
 def test_training_and_inference_configs_build_the_same_networks(
         net_id: str, bundle_config: Callable[..., ConfigParser]) -> None:
-    """The standalone inference.json repeats train.json's two networks: their weights must fit each other."""
+    """The standalone inference.json repeats train.json's three networks: their weights must fit each other."""
     trained = {k: v.shape for k, v in bundle_config("train.json").get_parsed_content(net_id).state_dict().items()}
     served = {k: v.shape for k, v in build_network(BUNDLE, net_id).state_dict().items()}
     assert trained == served
 
 
-@pytest.mark.parametrize("key", ["spatial_size", "coarse_spatial_size", "crop_margins", "num_classes"])
+@pytest.mark.parametrize("key", ["spatial_size", "coarse_spatial_size", "crop_margins", "num_classes", "refine_ratio",
+                                 "refine_size"])
 def test_training_and_inference_configs_use_the_same_grids(
         key: str, bundle_config: Callable[..., ConfigParser]) -> None:
     """The weights only fit the grids and crop they were trained on: inference.json must repeat train.json's."""
@@ -173,7 +180,7 @@ def test_inference_datalist_is_dataset_json_test_cases(bundle_config: Callable[.
 
 
 def test_training_beats_untrained_model(phantom_data: Path, trained: dict, tmp_path: Path) -> None:
-    assert trained["ckpt"].is_file() and trained["coarse"].is_file(), trained["log"][-3000:]
+    assert all(trained[k].is_file() for k in ("coarse", "ckpt", "refine")), trained["log"][-3000:]
     untrained = tmp_path / "untrained.pt"
     torch.manual_seed(0)
     torch.save(build_network(BUNDLE).state_dict(), untrained)
@@ -188,6 +195,20 @@ def test_training_beats_untrained_model(phantom_data: Path, trained: dict, tmp_p
     for pred in (tmp_path / "eval1" / "pred").glob("*_seg.nii.gz"):
         cid = pred.name.removesuffix("_seg.nii.gz")
         assert read_nifti(pred).shape == read_nifti(phantom_data / "labelsTr" / f"{cid}.nii.gz").shape
+
+
+def test_stage_3_redraws_the_vertebrae(phantom_data: Path, trained: dict, tmp_path: Path) -> None:
+    """evaluate.json runs the per-vertebra stage on stage 2's masks: with untrained stage-3 weights the vertebrae
+    are lost (no probability over the threshold), with the trained ones they are kept; switched off
+    (``refine_vertebrae false``), stage 2's masks are scored as they are."""
+    untrained = tmp_path / "untrained_refine.pt"
+    torch.manual_seed(0)
+    torch.save(build_network(BUNDLE, "refine_network_def").state_dict(), untrained)
+    refined = evaluate(phantom_data, trained, trained["ckpt"], tmp_path / "refined")
+    lost = evaluate(phantom_data, trained, trained["ckpt"], tmp_path / "lost", "--refine_ckpt_path", str(untrained))
+    plain = evaluate(phantom_data, trained, trained["ckpt"], tmp_path / "plain", "--refine_vertebrae", "false")
+    assert lost < 0.2 < 0.5 < refined, f"refined {refined:.3f}, with untrained stage 3 {lost:.3f}"
+    assert plain > 0.5 and plain != refined
 
 
 def newest_checkpoint(run_dir: Path) -> Path:
@@ -235,7 +256,7 @@ def test_a_finished_run_writes_its_weights_where_it_is_told(trained: dict, phant
     """Started again with another ``ckpt_dir`` (``make train MODELS=...``), a finished run of either stage trains
     nothing and writes the weights it ships there."""
     stages = {"coarse": ("coarse", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'train_coarse.json'}']", SMALL_COARSE),
-              "ckpt": ("run", str(CONFIGS / "train.json"), SMALL)}
+              "ckpt": ("run", str(CONFIGS / "train.json"), SMALL), "refine": ("refine", TRAIN_REFINE, SMALL_REFINE)}
     for key, (run, configs, grid) in stages.items():
         run_dir = trained["work"] / run
         epochs = newest_checkpoint(run_dir).stem.split("=")[1]
@@ -292,7 +313,7 @@ def test_predict_from_dicom(trained: dict, tmp_path: Path, capfd: pytest.Capture
     shutil.copy(images[0], twin)
     report = predict([*images, bad, twin], tmp_path / "out", ckpt_path=str(trained["ckpt"]),
                      coarse_ckpt_path=str(trained["coarse"]), coarse_spatial_size=[96, 48], spatial_size=[64, 32],
-                     progress=False)
+                     refine_ckpt_path=str(trained["refine"]), refine_size=32, progress=False)
     first, second = images[0].stem, images[1].stem
     noise = capfd.readouterr().err
     assert "nvImageCodec" not in noise and "Setting logging properties" not in noise, "predict reports alone"
@@ -328,6 +349,11 @@ def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     torch.save(build_network(BUNDLE, "coarse_network_def", num_classes=6).state_dict(), six)
     with pytest.raises(RuntimeError, match="six.pt predicts 6 classes but .*model.pt 7: the two stages must"):
         predict(images, tmp_path / "out", coarse_ckpt_path=str(six), progress=False)
+    stage_2 = str(BUNDLE / "models" / "model.pt")  # stage-2 weights given as stage 3's
+    with pytest.raises(RuntimeError, match="model.pt: predicts 7 classes, not the 3 of the per-vertebra stage"):
+        predict(images, tmp_path / "out", refine_ckpt_path=stage_2, progress=False)
+    with pytest.raises(FileNotFoundError, match="nope.pt: no trained weights"):
+        predict(images, tmp_path / "out", refine_ckpt_path=str(tmp_path / "nope.pt"), progress=False)
     assert not list(tmp_path.glob("out/*.npy")), "no output is written without usable weights"
 
 
@@ -377,8 +403,10 @@ def own_trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                "--run_dir", str(root / "coarse"), *common, *SMALL_COARSE)
     bundle_run("run", "training", "--config_file", str(CONFIGS / "train.json"), "--run_dir", str(root / "fine"),
                *common, *SMALL)
+    bundle_run("run", "training", "--config_file", TRAIN_REFINE, "--run_dir", str(root / "refine"), *common,
+               *SMALL_REFINE)
     return {"raw": raw, "data": root / "data", "ckpt": root / "models" / "model.pt",
-            "coarse": root / "models" / "coarse.pt"}
+            "coarse": root / "models" / "coarse.pt", "refine": root / "models" / "refine.pt"}
 
 
 def test_own_structures_are_trained_and_evaluated_with_their_class_count(own_trained: dict, tmp_path: Path) -> None:
@@ -387,7 +415,8 @@ def test_own_structures_are_trained_and_evaluated_with_their_class_count(own_tra
         "run", "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']",
         "--dataset_dir", str(own_trained["data"]), "--ckpt_path", str(own_trained["ckpt"]), "--output_dir",
         str(tmp_path / "eval"), *SCHEDULE, "--coarse_ckpt_path", str(own_trained["coarse"]),
-        "--coarse_spatial_size", "[96,48]", "--spatial_size", "[64,32]",
+        "--coarse_spatial_size", "[96,48]", "--spatial_size", "[64,32]", "--refine_ckpt_path",
+        str(own_trained["refine"]), "--refine_size", "32",
     )
     _, rows = evaluation_table(tmp_path / "eval", own_trained["data"] / "dataset.json")
     assert [row["structure"] for row in rows] == [*OWN_NAMES, "mean"]
@@ -395,7 +424,8 @@ def test_own_structures_are_trained_and_evaluated_with_their_class_count(own_tra
 
 def test_own_structures_are_predicted_in_their_own_format(own_trained: dict, tmp_path: Path) -> None:
     images = sorted((own_trained["raw"] / "test" / "img").glob("*.dcm"))
-    weights = {"ckpt_path": str(own_trained["ckpt"]), "coarse_ckpt_path": str(own_trained["coarse"])}
+    weights = {"ckpt_path": str(own_trained["ckpt"]), "coarse_ckpt_path": str(own_trained["coarse"]),
+               "refine_ckpt_path": str(own_trained["refine"])}
     with pytest.raises(ValueError, match="model.pt predicts 5 structures but the background-last format with 7 "):
         predict(images, tmp_path / "wrong", progress=False, **weights)
     assert not (tmp_path / "wrong").exists(), "nothing is written for a format the weights do not fit"
@@ -411,7 +441,8 @@ def test_own_structures_are_predicted_in_their_own_format(own_trained: dict, tmp
 
 
 def test_own_structures_export_and_serve_through_onnx(own_trained: dict, tmp_path: Path) -> None:
-    written = export_model(own_trained["ckpt"], tmp_path / "export", coarse_ckpt=own_trained["coarse"])
+    written = export_model(own_trained["ckpt"], tmp_path / "export", coarse_ckpt=own_trained["coarse"],
+                           refine_ckpt=own_trained["refine"])
     stored = {"inference.json": ""}
     net = torch.jit.load(str(written["torchscript"]), _extra_files=stored)
     assert net(torch.zeros(1, 1, 64, 32)).shape[1] == len(OWN_NAMES) + 1
@@ -420,7 +451,7 @@ def test_own_structures_export_and_serve_through_onnx(own_trained: dict, tmp_pat
     fmt = ExportFormat.from_dataset_json(own_trained["data"] / "dataset.json")
     served = predict(images, tmp_path / "onnx", fmt, backend="onnx", onnx_model=written["onnx"], progress=False)
     direct = predict(images, tmp_path / "torch", fmt, progress=False, ckpt_path=str(own_trained["ckpt"]),
-                     coarse_ckpt_path=str(own_trained["coarse"]))
+                     coarse_ckpt_path=str(own_trained["coarse"]), refine_ckpt_path=str(own_trained["refine"]))
     assert not served.bad and not direct.bad
     for image in images:
         np.testing.assert_array_equal(np.load(tmp_path / "onnx" / f"{image.stem}.npy"),

@@ -23,7 +23,8 @@ from spine_seg.onnx_predict import (
     resize_linear,
     scale_percentiles,
 )
-from spine_seg.predict import predict
+from spine_seg.phantom import make_phantom
+from spine_seg.predict import DEFAULT_BUNDLE, predict
 
 # Not the export size (the working grid), H and W multiples of 16 as BasicUNet needs; batch 2 for the dynamic N.
 ODD_INPUT = (2, 1, 208, 112)
@@ -88,12 +89,13 @@ def test_a_failed_export_leaves_the_earlier_files(
 
     out = tmp_path / "models"
     out.mkdir()
-    for kind in ("torchscript", "onnx", "coarse_torchscript", "coarse_onnx"):
+    kinds = ("torchscript", "onnx", "coarse_torchscript", "coarse_onnx", "refine_torchscript", "refine_onnx")
+    for kind in kinds:
         (out / exported_model[kind].name).write_bytes(b"earlier " + kind.encode())
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     checks = []
 
-    def fail_second(model: object) -> None:  # the stage-1 ONNX model, written last, fails its check
+    def fail_second(model: object) -> None:  # the stage-1 ONNX model fails its check; stage 3's is not yet written
         checks.append(model)
         if len(checks) == 2:
             raise onnx.checker.ValidationError("broken")
@@ -128,6 +130,30 @@ def test_largest_component_matches_monai() -> None:
     ours = keep_largest_components(class_map, labels)
     assert not np.array_equal(ours, class_map), "the random map must have several components per label"
     np.testing.assert_array_equal(ours, np.asarray(expected)[0])
+
+
+def test_onnx_stage_3_redraws_the_vertebrae_as_the_bundle_does(exported_model: dict[str, Path]) -> None:
+    """The ONNX path's per-vertebra stage against the bundle's ``RefineVertebraed``, with the shipped stage-3
+    weights, on a phantom's own label map."""
+    import sys
+
+    sys.path.insert(0, str(DEFAULT_BUNDLE))
+    from scripts.vertebra_windows import RefineVertebraed
+
+    assert exported_model["refine_onnx"].name == "refine.onnx"
+    segmenter = OnnxSegmenter(exported_model["onnx"])
+    spec = segmenter.spec
+    weights = DEFAULT_BUNDLE / "models" / "refine.pt"
+    bundle = RefineVertebraed("pred", "original", load_network(weights, net_id="refine_network_def"), str(weights),
+                              ratio=spec.refine_ratio, size=spec.refine_size, threshold=spec.refine_threshold)
+    image, labels = make_phantom((400, 180), seed=4)
+    scaled = ScaleIntensityRangePercentiles(spec.lower, spec.upper, spec.b_min, spec.b_max, clip=spec.clip)(
+        image[None].astype(np.float32))[0].numpy()
+    by_torch, by_onnx = bundle.refine(scaled, labels), segmenter.refine_labels(image.astype(np.float32), labels)
+    assert by_onnx.dtype == np.uint8 and by_onnx.shape == labels.shape
+    assert len(np.unique(by_torch)) >= 4, "a near-empty map would make the comparison meaningless"
+    agreement = float((by_torch == by_onnx).mean())
+    assert agreement >= 0.999, f"only {agreement:.2%} of pixels agree"
 
 
 def test_onnx_backend_agrees_with_torch_backend(

@@ -205,7 +205,8 @@ def test_weights_of_your_own_are_served_with_their_class_count_and_names(
     tested) through a copy of the bundle that holds its weights, class count and names."""
     torch.manual_seed(0)
     (tmp_path / "models").mkdir()
-    for net_id, name in (("coarse_network_def", "coarse.pt"), ("network_def", "model.pt")):
+    for net_id, name in (("coarse_network_def", "coarse.pt"), ("network_def", "model.pt"),
+                         ("refine_network_def", "refine.pt")):
         torch.save(build_network(net_id=net_id, num_classes=6).state_dict(), tmp_path / "models" / name)
     dataset = tmp_path / "dataset.json"
     labels = {"0": "background", **{str(k): f"L{k}" for k in range(1, 6)}}

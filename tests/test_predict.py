@@ -45,7 +45,8 @@ def fake_bundle(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         for item, name in zip(datalist, names, strict=True):
             write_nifti(Path(output_dir) / f"{name}_seg.nii.gz", bands(read_nifti(item["image"]).shape))
 
-    monkeypatch.setattr(predict_module, "bundle_weights", lambda *a, **k: Weights(Path("c.pt"), Path("m.pt"), 7))
+    weights = Weights(Path("c.pt"), Path("m.pt"), Path("r.pt"), 7)
+    monkeypatch.setattr(predict_module, "bundle_weights", lambda *a, **k: weights)
     monkeypatch.setattr(predict_module, "run_bundle_inference", run)
     return runs
 
@@ -125,6 +126,7 @@ def test_cli_refuses_bad_arguments_before_any_work(
         ([str(image), *out, "--layout", "one-hot"], "m.pt predicts 6 structures but the one-hot format with 7 "
                                                     "channels holds 7: give the format of the data it was trained"),
         ([str(image), *out, "--backend", "onnx", "--coarse-weights", "x.pt"], "--coarse-weights is for the torch"),
+        ([str(image), *out, "--backend", "onnx", "--refine-weights", "x.pt"], "--refine-weights is for the torch"),
     ]
     for args, message in cases:
         assert cli_main(["predict", *args, "--no-progress"]) == 2, args

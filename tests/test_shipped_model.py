@@ -1,4 +1,5 @@
-"""The weights shipped in bundle/models (coarse.pt, model.pt), on a real radiograph when the shared data is present."""
+"""The weights shipped in bundle/models (coarse.pt, model.pt, refine.pt), on a real radiograph when the shared data
+is present."""
 
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "aasce"
 
 
 @pytest.mark.parametrize(
-    ("weights", "net_id", "grid"),
-    [("model.pt", "network_def", "spatial_size"), ("coarse.pt", "coarse_network_def", "coarse_spatial_size")],
+    ("weights", "net_id", "grid", "classes"),
+    [("model.pt", "network_def", "spatial_size", 7), ("coarse.pt", "coarse_network_def", "coarse_spatial_size", 7),
+     ("refine.pt", "refine_network_def", "refine_size", 3)],
 )
-def test_shipped_weights_load_into_the_bundle_network(weights: str, net_id: str, grid: str,
+def test_shipped_weights_load_into_the_bundle_network(weights: str, net_id: str, grid: str, classes: int,
                                                       bundle_config: Callable[..., ConfigParser]) -> None:
     path = DEFAULT_BUNDLE / "models" / weights
     assert path.is_file(), f"{path} is missing: the bundle must ship trained weights (make train)"
@@ -33,8 +35,9 @@ def test_shipped_weights_load_into_the_bundle_network(weights: str, net_id: str,
     state = torch.load(path, map_location="cpu", weights_only=True)
     missing, unexpected = network.load_state_dict(state.get("model", state), strict=True)
     assert not missing and not unexpected
-    out = network.eval()(torch.rand(1, 1, *parser[grid]))
-    assert out.shape == (1, 7, *parser[grid])
+    size = parser[grid] if isinstance(parser[grid], list) else [parser[grid]] * 2  # refine_size: square windows
+    out = network.eval()(torch.rand(1, 1, *size))
+    assert out.shape == (1, classes, *size)
 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason=f"real radiographs not present at {REAL}")

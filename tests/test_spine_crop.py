@@ -105,7 +105,7 @@ def test_coarse_stage_writes_a_full_size_label_map(tmp_path: Path) -> None:
         CoarseSpineMaskd("image", net, str(tmp_path / "missing.pt"), (64, 32))({"image": torch.rand(1, 90, 50)})
     bad = tmp_path / "bad.pt"
     torch.save({"nope": torch.zeros(1)}, bad)
-    with pytest.raises(RuntimeError, match="bad.pt: cannot load the stage-1 weights"):
+    with pytest.raises(RuntimeError, match=r"bad.pt: cannot load the stage-1 \(coarse\) weights"):
         CoarseSpineMaskd("image", net, str(bad), (64, 32))({"image": torch.rand(1, 90, 50)})
     volume = MetaTensor(torch.rand(1, 30, 20, 4), meta={"filename_or_obj": "/x/volume.nii.gz"})
     with pytest.raises(ValueError, match=r"volume.nii.gz: not a 2D grayscale radiograph \(array of shape"):

@@ -1,1 +1,2 @@
-"""Python for what the bundle's configs cannot say (the two-stage cascade's crop); imported as ``scripts``."""
+"""Python for what the bundle's configs cannot say (the cascade's crop, its per-vertebra windows); imported as
+``scripts``."""

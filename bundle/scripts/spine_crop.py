@@ -8,7 +8,6 @@ own finer grid. The crop pads where the box leaves the image and is undone by ``
 
 from __future__ import annotations
 
-import os
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -24,7 +23,7 @@ from monai.transforms import (
     ScaleIntensityRangePercentiles,
 )
 
-from .weights import load_weights
+from .weights import load_network
 
 
 class SpineBoxCrop(CropForeground):
@@ -144,16 +143,7 @@ class CoarseSpineMaskd(MapTransform):
 
     def load(self) -> None:
         """Load ``ckpt_path`` into the network (a bare state dict or one under ``"model"``); clear error if bad."""
-        if not os.path.isfile(self.ckpt_path):
-            raise FileNotFoundError(
-                f"{self.ckpt_path}: no stage-1 (coarse) weights; train them with `make train`, or, run from outside "
-                "the repository root or the bundle folder, pass --bundle_root"
-            )
-        try:
-            self.network.load_state_dict(load_weights(self.ckpt_path))
-        except Exception as err:  # noqa: BLE001 - torch.load / load_state_dict raise many types
-            raise RuntimeError(f"{self.ckpt_path}: cannot load the stage-1 weights ({err})") from err
-        self.network.to(self.device).eval()
+        load_network(self.network, self.ckpt_path, "stage-1 (coarse)", self.device)
         self._loaded = True
 
     @torch.no_grad()

@@ -34,6 +34,22 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return ckpt
 
 
+def load_network(network: torch.nn.Module, path: str | os.PathLike, stage: str,
+                 device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load the weights of ``path`` (see :func:`load_weights`) into ``network``, move it to ``device`` and set it
+    to eval mode; a missing or unloadable file raises an error naming it and the ``stage`` it belongs to."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path}: no {stage} weights; train them with `make train`, or, run from outside the repository root "
+            "or the bundle folder, pass --bundle_root"
+        )
+    try:
+        network.load_state_dict(load_weights(path))
+    except Exception as err:  # noqa: BLE001 - torch.load / load_state_dict raise many types
+        raise RuntimeError(f"{path}: cannot load the {stage} weights ({err})") from err
+    return network.to(device).eval()
+
+
 def write_atomic(path: str | os.PathLike, data: bytes) -> str:
     """Write ``data`` to ``path`` through a temporary file beside it, renamed over ``path`` when complete."""
     path = os.fspath(path)

@@ -1,0 +1,122 @@
+"""Stage 3: one square window per vertebra, where a third network redraws that vertebra's outline.
+
+A window is centred on a vertebra's bounding box and ``ratio`` times its larger side; it is resized to ``size x
+size`` pixels (about 2 px of the radiograph per pixel at 128, against about 4-5 for stage 2's grid). The network
+has three classes: background, the vertebra at the window's centre, the other vertebrae. Training cuts the windows
+around the expert vertebrae (:class:`VertebraWindowsd`, one sample per vertebra, cut larger than needed so that
+``RandAffined`` can move and scale them); inference (:class:`RefineVertebraed`) cuts them around the vertebrae of
+stage 2's label map, pastes the centre-class probabilities back at the original size and gives each pixel the
+vertebra of the highest probability where that is over ``threshold``. Nothing is renamed: each window keeps the
+label stage 2 gave it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Resize, ScaleIntensityRangePercentiles
+
+from .vertebra_geometry import Window, vertebra_windows, window_overlap
+from .weights import load_network
+
+
+def cut_window(image: np.ndarray, window: Window, size: int, mode: str = "bilinear") -> torch.Tensor:
+    """The square ``window`` of ``image`` (``R x C``), zero outside the image, resized to ``1 x size x size``
+    (``bilinear``: anti-aliased, as the bundle's other ``Resized``; ``nearest-exact`` for label maps)."""
+    side, inside, part = window_overlap(window, image.shape)
+    patch = torch.zeros((1, side, side), dtype=torch.float32)
+    patch[(0, *part)] = torch.as_tensor(np.asarray(image[inside], dtype=np.float32))
+    resize = Resize((size, size), mode=mode, anti_aliasing=mode == "bilinear")
+    return torch.as_tensor(resize(patch)).float()
+
+
+def paste_window(prob: torch.Tensor, window: Window, shape: Sequence[int]) -> torch.Tensor:
+    """A ``size x size`` probability map back on the ``shape`` grid (bilinear; zero outside the window)."""
+    side, inside, part = window_overlap(window, shape)
+    out = torch.zeros(tuple(shape), dtype=torch.float32)
+    back = torch.nn.functional.interpolate(prob[None, None].float(), size=(side, side), mode="bilinear")[0, 0]
+    out[inside] = back[part]
+    return out
+
+
+class VertebraWindowsd(MapTransform):
+    """One sample per vertebra of ``d[label_key]`` (``(1, H, W)``, labels 0..``num_classes``-1): ``keys``' square
+    windows ``ratio`` times the vertebra's larger side, resized to ``(1, size, size)``; the image keys bilinear,
+    ``label_key`` nearest and relabelled 0 background, 1 the window's vertebra, 2 the other vertebrae. Each sample
+    also holds its ``"vertebra"`` label. Returns a list of dicts (a multi-sample transform, like
+    ``RandCropByPosNegLabeld``); a case without vertebrae gives an empty list."""
+
+    def __init__(self, keys: KeysCollection, label_key: str = "label", num_classes: int = 7, ratio: float = 1.6,
+                 size: int = 128, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.label_key, self.num, self.ratio, self.size = label_key, num_classes - 1, float(ratio), int(size)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> list[dict]:
+        d = dict(data)
+        label = np.asarray(torch.as_tensor(d[self.label_key])[0].cpu().numpy())
+        samples = []
+        for k, window in vertebra_windows(label, self.num, self.ratio).items():
+            sample = {"vertebra": k}
+            for key in self.key_iterator(d):
+                if key == self.label_key:
+                    target = np.where(label == k, 1, np.where(label > 0, 2, 0))
+                    sample[key] = cut_window(target, window, self.size, mode="nearest-exact")
+                else:
+                    sample[key] = cut_window(torch.as_tensor(d[key])[0].cpu().numpy(), window, self.size)
+            samples.append(sample)
+        return samples
+
+
+class RefineVertebraed(MapTransform):
+    """Redraw each vertebra of the label map ``d[key]`` (``(1, H, W)``, labels 0..``num_classes``-1) in its own
+    window of the image ``d[image_key]`` (``(1, H, W)``, the original radiograph) with the stage-3 ``network``.
+
+    The image is scaled to [0, 1] between its ``percentiles``; each window is cut as :class:`VertebraWindowsd`
+    cuts it, segmented, and the centre-class probability pasted back; each pixel takes the vertebra of the highest
+    probability where that is over ``threshold``, else background. The labels are stage 2's. ``network`` gets the
+    weights of ``ckpt_path`` on first use. The map keeps its type, metadata and shape.
+    """
+
+    def __init__(self, keys: KeysCollection, image_key: str, network: torch.nn.Module, ckpt_path: str,
+                 num_classes: int = 7, ratio: float = 1.6, size: int = 128, threshold: float = 0.5,
+                 percentiles: Sequence[float] = (0.5, 99.5), device: str | torch.device = "cpu",
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.image_key, self.network, self.ckpt_path = image_key, network, str(ckpt_path)
+        self.num, self.ratio, self.size, self.threshold = num_classes - 1, float(ratio), int(size), float(threshold)
+        self.scale = ScaleIntensityRangePercentiles(*percentiles, b_min=0.0, b_max=1.0, clip=True)
+        self.device = torch.device(device)
+        self._loaded = False
+
+    @torch.no_grad()
+    def refine(self, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """``labels`` (``R x C``) redrawn on ``image`` (``R x C``, scaled to [0, 1]): ``R x C`` uint8."""
+        found = vertebra_windows(labels, self.num, self.ratio)
+        if not found:
+            return np.zeros_like(labels, dtype=np.uint8)
+        batch = torch.stack([cut_window(image, w, self.size) for w in found.values()]).to(self.device)
+        prob = torch.softmax(self.network(batch).float(), 1)[:, 1].cpu()
+        maps = torch.stack([torch.zeros(labels.shape)] + [paste_window(p, w, labels.shape)
+                                                           for p, w in zip(prob, found.values(), strict=True)])
+        best, index = maps.max(0)
+        names = torch.tensor([0, *found], dtype=torch.uint8)
+        return torch.where(best > self.threshold, names[index], 0).numpy().astype(np.uint8)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        if not self._loaded:
+            load_network(self.network, self.ckpt_path, "stage-3 (per-vertebra)", self.device)
+            self._loaded = True
+        image = np.asarray(torch.as_tensor(self.scale(torch.as_tensor(d[self.image_key]).float()))[0].cpu().numpy())
+        for key in self.key_iterator(d):
+            pred = d[key]
+            if tuple(pred.shape) != (1, *image.shape):
+                raise ValueError(f"{getattr(pred, 'meta', {}).get('filename_or_obj', key)}: label map of shape "
+                                 f"{tuple(pred.shape)} but image {tuple(d[self.image_key].shape)}")
+            out = pred.clone()
+            out[0] = torch.as_tensor(self.refine(image, np.asarray(torch.as_tensor(pred)[0].cpu().numpy())))
+            d[key] = out
+        return d

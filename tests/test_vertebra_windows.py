@@ -1,0 +1,153 @@
+"""Stage 3 (bundle/scripts/vertebra_windows.py): windows cut and pasted back, training samples and their
+augmentation, refinement that keeps each vertebra's name, and the ONNX path's use of the window geometry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+from monai.transforms import Compose
+
+from spine_seg import onnx_predict
+from spine_seg.evaluation_table import dice
+from spine_seg.predict import DEFAULT_BUNDLE
+
+sys.path.insert(0, str(DEFAULT_BUNDLE))
+from scripts.vertebra_windows import (  # noqa: E402
+    RefineVertebraed,
+    VertebraWindowsd,
+    cut_window,
+    paste_window,
+    vertebra_windows,
+    window_overlap,
+)
+
+
+def _spine() -> np.ndarray:
+    """Three boxes, the last at the image's bottom-right corner so that its window leaves the image."""
+    label = np.zeros((300, 140), np.uint8)
+    label[40:80, 30:90], label[84:126, 34:96], label[270:300, 100:140] = 1, 2, 3
+    return label
+
+
+def test_windows_cut_and_paste_back() -> None:
+    label = _spine()
+    found = vertebra_windows(label, 3, 1.6)
+    assert found[1] == (60.0, 60.0, 96.0)  # box centre, 1.6 x its larger side (60 columns)
+    for k, window in found.items():
+        patch = cut_window((label == k).astype(np.float32), window, 32, mode="nearest-exact")
+        assert patch.shape == (1, 32, 32)
+        assert dice(paste_window(patch[0], window, label.shape).numpy() > 0.5, label == k) > 0.95
+
+
+def test_a_window_wholly_outside_the_image_cuts_zeros_and_pastes_nothing() -> None:
+    window = (-100.0, 500.0, 40.0)
+    inside = window_overlap(window, (300, 140))[1]
+    assert np.ones((300, 140))[inside].size == 0
+    assert not cut_window(np.ones((300, 140), np.float32), window, 16).any()
+    assert not paste_window(torch.ones(16, 16), window, (300, 140)).any()
+
+
+def test_the_onnx_path_uses_the_bundle_s_window_geometry_without_torch() -> None:
+    """``spine_seg.onnx_predict`` loads ``scripts/vertebra_geometry.py`` from the bundle (one copy of the window
+    geometry), and imports with torch and MONAI unavailable, as a deployment with onnxruntime alone has them."""
+    assert onnx_predict.vertebra_windows.__code__.co_filename == vertebra_windows.__code__.co_filename
+    assert onnx_predict.window_overlap.__code__.co_filename == window_overlap.__code__.co_filename
+    blocked = "import sys; sys.modules['torch'] = sys.modules['monai'] = None; import spine_seg.onnx_predict as m; " \
+              "print(m.vertebra_windows(__import__('numpy').ones((4, 6), 'uint8'), 1, 2.0))"
+    out = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "{1: (2.0, 3.0, 12.0)}"
+
+
+def test_training_samples_are_one_window_per_vertebra() -> None:
+    label = _spine()
+    image = torch.as_tensor(label, dtype=torch.float32)[None] / 4
+    samples = VertebraWindowsd(["image", "label"], num_classes=4, size=32)(
+        {"image": image, "label": torch.as_tensor(label)[None]})
+    assert [s["vertebra"] for s in samples] == [1, 2, 3]
+    for s in samples:
+        assert s["image"].shape == s["label"].shape == (1, 32, 32)
+        centre = s["label"][0, 14:18, 14:18]
+        assert (centre == 1).all(), "the window's own vertebra at its centre is class 1"
+        assert set(s["label"].unique().tolist()) <= {0.0, 1.0, 2.0}
+        assert s["image"][0, 14:18, 14:18].mean() == pytest.approx(s["vertebra"] / 4, abs=0.01)  # image aligned
+    assert (samples[0]["label"] == 2).any(), "the neighbour below vertebra 1 is class 2"
+    assert VertebraWindowsd(["image", "label"], num_classes=4)({"image": image, "label": torch.zeros(1, 300, 140)}) \
+        == []
+
+
+def test_training_augmentation_moves_image_and_target_together(bundle_config: Callable[..., ConfigParser]) -> None:
+    """``train_refine.json``'s augmentation on cached windows (1.5 x the grid): the output is the grid's size,
+    image and target stay aligned, the centre vertebra moves by at most ``refine_move`` of the window, and some
+    windows are flipped left-right."""
+    config = bundle_config("train.json", "train_refine.json")
+    config["refine_size"] = 32
+    augment = Compose(config.get_parsed_content("train#augmentation"))
+    augment.set_random_state(0)
+    big = int(round(32 * config["refine_cache"]))
+    target = torch.zeros(1, big, big)
+    target[:, 18:30, 20:28] = 1  # centred, 12 x 8
+    target[:, 12:16, 30:38] = 2  # an asymmetric neighbour, so that a flip shows
+    grid = torch.arange(32, dtype=torch.float32)
+    offsets, right = [], []
+    for _ in range(40):
+        out = augment({"image": target.clamp(0, 1) * 0.9, "label": target.clone()})
+        x, y = out["image"], out["label"]
+        assert x.shape == y.shape == (1, 32, 32)
+        inside = y == 1
+        assert inside.any() and x[inside].mean() > 0.8 and x[y == 0].mean() < 0.2  # the image follows the target
+        mask = inside[0].float()
+        offsets.append(max(abs(float((mask.sum(1) * grid).sum() / mask.sum()) - 15.5),
+                           abs(float((mask.sum(0) * grid).sum() / mask.sum()) - 15.5)))
+        neighbour = (y[0] == 2).float()
+        right.append(bool((neighbour.sum(0) * grid).sum() > neighbour.sum() * 16))
+    assert max(offsets) > 1.5 and max(offsets) <= config["refine_move"] * 32 + 1.5
+    assert 0 < sum(right) < len(right), "flipped in some windows, not in all"
+
+
+class _SameValue(torch.nn.Module):
+    """Class 1 wherever the window has the value at its centre: draws back a label map given as the image."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centre = x[:, :, x.shape[2] // 2, x.shape[3] // 2][..., None, None]
+        same = 1 - 8 * (x - centre).abs()  # > 0 within half a label step (0.125) of the centre value
+        return torch.cat([-same, same, torch.zeros_like(x)], 1)
+
+
+def test_refinement_keeps_each_window_s_label() -> None:
+    label = _spine()
+    image = label.astype(np.float32) / 4
+    refine = RefineVertebraed("pred", "original", _SameValue(), "unused.pt", num_classes=4, size=64)
+    out = refine.refine(image, label)
+    assert out.shape == label.shape and out.dtype == np.uint8
+    for k in (1, 2, 3):
+        assert dice(out == k, label == k) > 0.95
+    swapped = np.choose(label, [0, 2, 1, 3]).astype(np.uint8)  # names 1 and 2 swapped: kept swapped
+    assert dice(refine.refine(image, swapped) == 2, label == 1) > 0.95
+    partial = np.where(label == 1, 0, label).astype(np.uint8)  # structure 1 not found: the others keep their names
+    out = refine.refine(image, partial)
+    assert not (out == 1).any() and dice(out == 2, label == 2) > 0.95 and dice(out == 3, label == 3) > 0.95
+    assert not refine.refine(image, np.zeros_like(label)).any()
+
+
+def test_refine_transform_loads_its_weights_and_keeps_the_map_s_metadata(tmp_path) -> None:
+    label = _spine()
+    image = torch.as_tensor(label, dtype=torch.float32)[None] * 100  # any intensity range: scaled inside
+    pred = MetaTensor(torch.as_tensor(label)[None], meta={"filename_or_obj": "/x/case.nii.gz"})
+    with pytest.raises(FileNotFoundError, match="missing.pt: no stage-3"):
+        RefineVertebraed("pred", "original", _SameValue(), str(tmp_path / "missing.pt"), num_classes=4)(
+            {"pred": pred, "original": image})
+    weights = tmp_path / "same.pt"
+    torch.save(_SameValue().state_dict(), weights)
+    refine = RefineVertebraed("pred", "original", _SameValue(), str(weights), num_classes=4, size=64)
+    out = refine({"pred": pred, "original": image})["pred"]
+    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "/x/case.nii.gz"
+    assert out.shape == pred.shape and dice(out[0].numpy() == 2, label == 2) > 0.95
+    with pytest.raises(ValueError, match="case.nii.gz: label map of shape"):
+        refine({"pred": pred, "original": image[:, :200]})
