@@ -100,9 +100,11 @@ audit-labels: $(DATA)/dataset.json
 
 # README's figures for the shared set; $(OUT)/report-<name> for a data set of your own
 REPORT_OUT ?= $(if $(OWN_DATA),$(OUT)/report$(SUFFIX),docs/figures)
+# REPORT_ARGS: e.g. --skip-missing-curves, to redraw the rest where the training runs were made on another machine
+REPORT_ARGS ?=
 report: install
-	$(PY) -m spine_seg.report --eval-dir $(EVAL_OUT) --run-dir $(RUN_DIR)/fine --dataset-json $(DATA)/dataset.json \
-		--out $(REPORT_OUT)
+	$(PY) -m spine_seg.report --eval-dir $(EVAL_OUT) --run-dir $(RUN_DIR)/fine --refine-run-dir $(RUN_DIR)/refine \
+		--dataset-json $(DATA)/dataset.json --out $(REPORT_OUT) $(REPORT_ARGS)
 
 predict-test: $(DATA)/dataset.json
 	$(PY) -m spine_seg.cli predict $(RAW)/test/img --out $(OUT)/test-npy$(SUFFIX) --dataset-json $(DATA)/dataset.json \

@@ -1,6 +1,9 @@
-"""README-ready training report: learning curve, per-vertebra table and best/median/worst overlays.
+"""README-ready training report: learning curves, per-vertebra table and best/median/worst overlays.
 
-``python -m spine_seg.report --eval-dir out/eval --run-dir RUN --dataset-json D --out docs/figures``
+``python -m spine_seg.report --eval-dir out/eval --run-dir RUN/fine [--refine-run-dir RUN/refine] --dataset-json D
+--out docs/figures``: stage 2's learning curve (``learning_curve.png``), stage 3's where its run folder is given
+(``learning_curve_refine.png``). ``--skip-missing-curves`` keeps a curve as it is where its run folder holds no
+training log (the runs were made on another machine), and says so.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ def scalars(run_dir: str | Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
     return steps, np.array([points[s] for s in steps])
 
 
-def learning_curve(run_dir: str | Path, path: str | Path, iterations_per_epoch: int | None = None) -> None:
+def learning_curve(run_dir: str | Path, path: str | Path, iterations_per_epoch: int | None = None,
+                   title: str = "Learning curve") -> None:
     """Plot training loss (per epoch, averaged) and validation mean Dice against epochs."""
     it, loss = scalars(run_dir, "train_loss")
     ep, dice = scalars(run_dir, "val_mean_dice")
@@ -57,7 +61,7 @@ def learning_curve(run_dir: str | Path, path: str | Path, iterations_per_epoch: 
     ax2.set_ylabel("validation mean Dice (working grid)", color="tab:blue")
     ax2.set_ylim(0, 1)
     ax1.grid(alpha=0.3)
-    fig.suptitle("Learning curve")
+    fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -82,7 +86,10 @@ def case_figure(image: Path, label: Path, pred: Path, title: str, path: str | Pa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--eval-dir", required=True)
-    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--run-dir", required=True, help="stage 2's training run folder")
+    parser.add_argument("--refine-run-dir", help="stage 3's training run folder")
+    parser.add_argument("--skip-missing-curves", action="store_true",
+                        help="keep a learning curve as it is where its run folder holds no training log")
     parser.add_argument("--dataset-json", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -92,7 +99,16 @@ def main(argv: list[str] | None = None) -> int:
 def _report(args: argparse.Namespace) -> int:
     out, eval_dir = Path(args.out), Path(args.eval_dir)
     text, _ = table(eval_dir, args.dataset_json)
-    learning_curve(args.run_dir, out / "learning_curve.png")
+    curves = {"learning_curve": (args.run_dir, "Learning curve, stage 2")}
+    if args.refine_run_dir:
+        curves["learning_curve_refine"] = (args.refine_run_dir, "Learning curve, stage 3 (per-vertebra windows)")
+    for name, (run_dir, title) in curves.items():
+        try:
+            learning_curve(run_dir, out / f"{name}.png", title=title)
+        except InputFileError as err:
+            if not args.skip_missing_curves:
+                raise
+            print(f"note: {err}; {out / name}.png kept as it is")
     files, _, dice = read_raw(eval_dir / "val_mean_dice_raw.csv")
     with warnings.catch_warnings():  # a case without any scored vertebra has no mean, and is not picked
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -102,7 +118,8 @@ def _report(args: argparse.Namespace) -> int:
         raise ValueError(f"{eval_dir / 'val_mean_dice_raw.csv'}: no case has a Dice score")
     picks = {"worst": order[0], "median": order[len(order) // 2], "best": order[-1]}
     data_dir = Path(args.dataset_json).parent
-    lines = ["# Fold-0 validation report", "", text, "", "![learning curve](learning_curve.png)", ""]
+    lines = ["# Fold-0 validation report", "", text, ""]
+    lines += [f"![{title}]({name}.png)" for name, (_, title) in curves.items()] + [""]
     for name, idx in picks.items():
         image = Path(files[idx])
         cid = image.name.removesuffix(".nii.gz")

@@ -83,7 +83,7 @@ def trained(phantom_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
                      *common, *SMALL)
     refine_log = bundle_run("run", "training", "--config_file", TRAIN_REFINE, "--run_dir", str(work / "refine"),
                             *common, *SMALL_REFINE)
-    return {"work": work, "log": coarse_log + log + refine_log, "ckpt": work / "models" / "model.pt",
+    return {"work": work, "log": coarse_log + log + refine_log, "fine_log": log, "ckpt": work / "models" / "model.pt",
             "coarse": work / "models" / "coarse.pt", "refine": work / "models" / "refine.pt"}
 
 
@@ -216,9 +216,9 @@ def newest_checkpoint(run_dir: Path) -> Path:
 
 
 def test_stage_2_ships_the_mean_of_its_best_and_last_weights(trained: dict, phantom_data: Path) -> None:
-    """``finalize`` writes mean(best-validation, last epoch) to models/model.pt; stage 1 ships its best weights. A
-    finished run started again (``make train`` after both stages are done) trains nothing and writes the same
-    bytes, or the new mean where the best weights have changed."""
+    """``finalize`` writes mean(best-validation, last epoch) to models/model.pt (and refine.pt); stage 1 ships its
+    best weights. A finished run started again (``make train`` after the stages are done) trains nothing and
+    writes the same bytes, or the new mean where the best weights have changed."""
     run_dir, shipped = trained["work"] / "run", trained["ckpt"]
     best_file = run_dir / "best_model.pt"
     best, last = torch.load(best_file), torch.load(newest_checkpoint(run_dir))["model"]
@@ -229,8 +229,12 @@ def test_stage_2_ships_the_mean_of_its_best_and_last_weights(trained: dict, phan
     coarse_best = torch.load(trained["work"] / "coarse" / "best_coarse.pt")
     for k, v in torch.load(trained["coarse"]).items():
         torch.testing.assert_close(v, coarse_best[k], rtol=0, atol=0, msg="stage 1 ships its best weights as they are")
-    # the evaluator's own record of its best epoch (its last line in the log is stage 2's) is the one kept
-    value, epoch = re.findall(r"Key metric: val_mean_dice best value: (\S+) at epoch: (\d+)", trained["log"])[-1]
+    refine_run = trained["work"] / "refine"
+    refine_best, refine_last = torch.load(refine_run / "best_refine.pt"), torch.load(newest_checkpoint(refine_run))
+    for k, v in torch.load(trained["refine"]).items():
+        torch.testing.assert_close(v, (refine_best[k] + refine_last["model"][k]) / 2, msg="stage 3 ships the mean")
+    # the evaluator's own record of its best epoch (its last line in stage 2's log) is the one kept
+    value, epoch = re.findall(r"Key metric: val_mean_dice best value: (\S+) at epoch: (\d+)", trained["fine_log"])[-1]
     record = json.loads((run_dir / "best_metric.json").read_text())
     assert record["epoch"] == int(epoch) and record["metric"] == pytest.approx(float(value))
 

@@ -46,13 +46,14 @@ def test_report_picks_best_median_and_worst_scored_cases(tmp_path: Path, capsys:
             writer.add_scalar("val_mean_dice", 0.3 * epoch / 2, epoch)
     assert list(scalars(tmp_path / "run", "val_mean_dice")[0]) == [2, 4]
     out = tmp_path / "figures"
-    assert main(["--eval-dir", str(eval_dir), "--run-dir", str(tmp_path / "run"), "--dataset-json",
-                 str(dataset_json), "--out", str(out)]) == 0
+    assert main(["--eval-dir", str(eval_dir), "--run-dir", str(tmp_path / "run"), "--refine-run-dir",
+                 str(tmp_path / "run"), "--dataset-json", str(dataset_json), "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
+    assert "(learning_curve.png)" in report and "(learning_curve_refine.png)" in report
     assert "best: case 001, mean Dice 0.900" in report and "worst: case 002, mean Dice 0.200" in report
     assert "median: case 003, mean Dice 0.600" in report, "of the five scored cases; 004 has no score"
     assert "004" not in report and "| T12 |" in report
-    for name in ("learning_curve", "case_best", "case_median", "case_worst"):
+    for name in ("learning_curve", "learning_curve_refine", "case_best", "case_median", "case_worst"):
         assert Image.open(out / f"{name}.png").size[0] > 100
     assert "report written to" in capsys.readouterr().out
 
@@ -75,3 +76,10 @@ def test_report_without_an_evaluation_or_a_training_log_names_what_is_missing(
     assert capsys.readouterr().err == (f"error: {tmp_path / 'run'}: no training log (TensorBoard event files) here: "
                                        "train with `make train` first (RUN_DIR= names its folder)\n")
     assert not out.exists(), "nothing written"
+    out.mkdir()
+    (out / "learning_curve.png").write_bytes(b"a curve drawn where the run was")
+    assert main(["--eval-dir", str(eval_dir), "--run-dir", str(tmp_path / "run"), "--dataset-json",
+                 str(dataset_json), "--out", str(out), "--skip-missing-curves"]) == 0
+    assert f"note: {tmp_path / 'run'}: no training log" in capsys.readouterr().out
+    assert (out / "learning_curve.png").read_bytes() == b"a curve drawn where the run was", "kept as it is"
+    assert Image.open(out / "case_best.png").size[0] > 100, "the rest is drawn"
