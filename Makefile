@@ -15,7 +15,7 @@ SUFFIX := $(if $(OWN_DATA),-$(OWN_DATA))
 # Training runs (checkpoints, logs) live outside git, one folder per data set and fold.
 RUN_DIR ?= $(HOME)/.cache/spine-seg/$(or $(OWN_DATA),train)-fold$(FOLD)
 OUT ?= out
-# MODELS: where make train writes both stages' weights and where the other targets take them from: the shipped
+# MODELS: where make train writes the three stages' weights and where the other targets take them from: the shipped
 # bundle/models for the shared set, models/<name> (ignored by git) for a data set of your own.
 MODELS ?= $(if $(OWN_DATA),models/$(OWN_DATA),bundle/models)
 CKPT ?= $(MODELS)/model.pt
