@@ -10,8 +10,8 @@ network, softmax, bilinear resize of the probabilities back to the box and paste
 window per vertebra of that map, cut from the percentile-scaled image and resized to the stage's grid, network,
 the centre-class probability resized back and pasted; each pixel takes the vertebra of the highest probability
 over the threshold (the bundle's ``scripts/vertebra_windows.py``), and the largest component per label again. The
-parameters travel inside the ``.onnx`` file
-(metadata key :data:`SPEC_KEY`, written by :mod:`spine_seg.model_export` from ``inference.json``).
+parameters travel inside the ``.onnx`` file (metadata key :data:`SPEC_KEY`, written by :mod:`spine_seg.model_export`
+from ``inference.json``).
 """
 
 from __future__ import annotations
