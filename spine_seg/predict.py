@@ -140,12 +140,17 @@ def bundle_weights(bundle_dir: Path = DEFAULT_BUNDLE, **overrides: object) -> We
     ckpt = Path(str(overrides.get("ckpt_path", bundle_dir / "models" / "model.pt")))
     refine = Path(str(overrides.get("refine_ckpt_path", bundle_dir / "models" / "refine.pt"))) \
         if refines(overrides) else None
-    for weights in (coarse, ckpt, refine):
-        if weights is not None and not weights.is_file():
+    for weights in (coarse, ckpt):
+        if not weights.is_file():
             raise FileNotFoundError(f"{weights}: no trained weights; train with `make train` or pass other weights")
-    if refine is not None and checkpoint_classes(refine) != REFINE_CLASSES:
-        raise RuntimeError(f"{refine}: predicts {checkpoint_classes(refine)} classes, not the {REFINE_CLASSES} of "
-                           "the per-vertebra stage (refine_ckpt_path)")
+    if refine is not None:
+        if not refine.is_file():
+            raise FileNotFoundError(f"{refine}: no trained weights for stage 3 (per vertebra); train them with "
+                                    "`make train-refine` (weights from before 0.8.0 have none) or pass other weights")
+        refine_classes = checkpoint_classes(refine)
+        if refine_classes != REFINE_CLASSES:
+            raise RuntimeError(f"{refine}: predicts {refine_classes} classes, not the {REFINE_CLASSES} of the "
+                               "per-vertebra stage (refine_ckpt_path)")
     return Weights(coarse, ckpt, refine, stage_classes(coarse, ckpt))
 
 

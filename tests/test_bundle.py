@@ -356,7 +356,7 @@ def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     stage_2 = str(BUNDLE / "models" / "model.pt")  # stage-2 weights given as stage 3's
     with pytest.raises(RuntimeError, match="model.pt: predicts 7 classes, not the 3 of the per-vertebra stage"):
         predict(images, tmp_path / "out", refine_ckpt_path=stage_2, progress=False)
-    with pytest.raises(FileNotFoundError, match="nope.pt: no trained weights"):
+    with pytest.raises(FileNotFoundError, match="nope.pt: no trained weights for stage 3 .* `make train-refine`"):
         predict(images, tmp_path / "out", refine_ckpt_path=str(tmp_path / "nope.pt"), progress=False)
     assert not list(tmp_path.glob("out/*.npy")), "no output is written without usable weights"
 
