@@ -369,21 +369,29 @@ def test_verify_net_in_out() -> None:
     assert "data shape of network is verified with no error" in log
 
 
-def test_multi_gpu_config_runs_ddp_on_two_cpu_processes(phantom_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stage", "weights", "net_id"), [("", "model.pt", "network_def"),
+                                                       ("train_coarse.json", "coarse.pt", "coarse_network_def"),
+                                                       ("train_refine.json", "refine.pt", "refine_network_def")],
+                         ids=["fine", "coarse", "refine"])
+def test_multi_gpu_config_runs_ddp_on_two_cpu_processes(stage: str, weights: str, net_id: str, phantom_data: Path,
+                                                        tmp_path: Path) -> None:
+    """``multi_gpu_train.json`` after each stage's configs wraps that stage's network (``trained_network_def``)."""
+    configs = [str(CONFIGS / name) for name in ("train.json", stage, "multi_gpu_train.json") if name]
+    grid = {"": SMALL, "train_coarse.json": SMALL_COARSE, "train_refine.json": SMALL_REFINE}[stage]
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "monai.bundle", "run", "training",
-        "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']",
+        "-m", "monai.bundle", "run", "training", "--config_file", str(configs),
         "--logging_file", str(CONFIGS / "logging.conf"), "--dataset_dir", str(phantom_data),
-        "--run_dir", str(tmp_path / "run"), "--ckpt_dir", str(tmp_path / "models"), "--max_epochs", "1", *SMALL,
+        "--run_dir", str(tmp_path / "run"), "--ckpt_dir", str(tmp_path / "models"), "--max_epochs", "1", *grid,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert (tmp_path / "run" / "checkpoint_epoch=1.pt").is_file()
-    assert (tmp_path / "models" / "model.pt").is_file()
     assert log.count("Saved checkpoint at epoch: 1") == 1, "rank 0 alone saves checkpoints"
+    network = build_network(BUNDLE, net_id)  # the phantoms have the shipped model's seven classes
+    network.load_state_dict(torch.load(tmp_path / "models" / weights), strict=True)  # the stage's own network
 
 
 # A user's own data set with other structures than the shipped model's: five (L1-L5), in 6-channel union-last
