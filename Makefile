@@ -65,21 +65,14 @@ $(DATA)/dataset.json: | install
 # whole-image coarse network ($(MODELS)/coarse.pt), the fine network on the box around the vertebrae
 # ($(MODELS)/model.pt), then the per-vertebra network that redraws each vertebra in its own window ($(MODELS)/refine.pt).
 TRAIN = $(BUNDLE_RUN) training --dataset_dir $(DATA) --fold $(FOLD) --ckpt_dir $(MODELS)
+TRAIN_CONFIGS_coarse := "['bundle/configs/train.json','bundle/configs/train_coarse.json']"
+TRAIN_CONFIGS_fine := bundle/configs/train.json
+TRAIN_CONFIGS_refine := "['bundle/configs/train.json','bundle/configs/train_refine.json']"
 train: train-coarse train-fine train-refine
 
-train-coarse: $(DATA)/dataset.json
-	mkdir -p $(RUN_DIR)/coarse
-	$(TRAIN) --config_file "['bundle/configs/train.json','bundle/configs/train_coarse.json']" \
-		--run_dir $(RUN_DIR)/coarse 2>&1 | tee -a $(RUN_DIR)/coarse/train.log
-
-train-fine: $(DATA)/dataset.json
-	mkdir -p $(RUN_DIR)/fine
-	$(TRAIN) --config_file bundle/configs/train.json --run_dir $(RUN_DIR)/fine 2>&1 | tee -a $(RUN_DIR)/fine/train.log
-
-train-refine: $(DATA)/dataset.json
-	mkdir -p $(RUN_DIR)/refine
-	$(TRAIN) --config_file "['bundle/configs/train.json','bundle/configs/train_refine.json']" \
-		--run_dir $(RUN_DIR)/refine 2>&1 | tee -a $(RUN_DIR)/refine/train.log
+train-coarse train-fine train-refine: train-%: $(DATA)/dataset.json
+	mkdir -p $(RUN_DIR)/$*
+	$(TRAIN) --config_file $(TRAIN_CONFIGS_$*) --run_dir $(RUN_DIR)/$* 2>&1 | tee -a $(RUN_DIR)/$*/train.log
 
 # EVAL_ARGS: bundle overrides, e.g. "--validate#spine_crop#source_key label" (boxes from the expert label: an
 # upper bound for stage 1, evaluation only); EVAL_OUT: where to write (default out/eval$(SUFFIX)); EVAL_BASE: an earlier
