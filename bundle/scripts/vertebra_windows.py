@@ -56,16 +56,17 @@ class VertebraWindowsd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> list[dict]:
         d = dict(data)
-        label = np.asarray(torch.as_tensor(d[self.label_key])[0].cpu().numpy())
+        arrays = {key: torch.as_tensor(d[key])[0].cpu().numpy() for key in self.key_iterator(d)}
+        label = torch.as_tensor(d[self.label_key])[0].cpu().numpy()
         samples = []
         for k, window in vertebra_windows(label, self.num, self.ratio).items():
             sample = {"vertebra": k}
-            for key in self.key_iterator(d):
+            for key, array in arrays.items():
                 if key == self.label_key:
                     target = np.where(label == k, 1, np.where(label > 0, 2, 0))
                     sample[key] = cut_window(target, window, self.size, mode="nearest-exact")
                 else:
-                    sample[key] = cut_window(torch.as_tensor(d[key])[0].cpu().numpy(), window, self.size)
+                    sample[key] = cut_window(array, window, self.size)
             samples.append(sample)
         return samples
 
@@ -110,13 +111,13 @@ class RefineVertebraed(MapTransform):
         if not self._loaded:
             load_network(self.network, self.ckpt_path, "stage-3 (per-vertebra)", self.device)
             self._loaded = True
-        image = np.asarray(torch.as_tensor(self.scale(torch.as_tensor(d[self.image_key]).float()))[0].cpu().numpy())
+        image = torch.as_tensor(self.scale(torch.as_tensor(d[self.image_key]).float()))[0].cpu().numpy()
         for key in self.key_iterator(d):
             pred = d[key]
             if tuple(pred.shape) != (1, *image.shape):
                 raise ValueError(f"{getattr(pred, 'meta', {}).get('filename_or_obj', key)}: label map of shape "
                                  f"{tuple(pred.shape)} but image {tuple(d[self.image_key].shape)}")
             out = pred.clone()
-            out[0] = torch.as_tensor(self.refine(image, np.asarray(torch.as_tensor(pred)[0].cpu().numpy())))
+            out[0] = torch.as_tensor(self.refine(image, torch.as_tensor(pred)[0].cpu().numpy()))
             d[key] = out
         return d
