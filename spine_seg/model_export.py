@@ -192,18 +192,16 @@ def export_model(
     net, coarse = load_network(ckpt, bundle_dir), load_network(coarse_ckpt, bundle_dir, "coarse_network_def")
     classes = stage_classes(coarse_ckpt, Path(ckpt))
     spec = inference_spec(bundle_dir, classes)
-    stages = {"": (Path(ckpt), net, "network_def"), "coarse_": (coarse_ckpt, coarse, "coarse_network_def")}
+    stages = {"": (Path(ckpt), net, "network_def", "model"),
+              "coarse_": (coarse_ckpt, coarse, "coarse_network_def", Path(spec.coarse_model).stem)}
     if spec.refine_model:
         stages["refine_"] = (refine_ckpt, load_network(refine_ckpt, bundle_dir, "refine_network_def"),
-                             "refine_network_def")
-    names = {"": "model", "coarse_": Path(spec.coarse_model).stem, "refine_": Path(spec.refine_model).stem}
-    targets = {}
-    for prefix in stages:
-        targets[f"{prefix}torchscript"] = out_dir / f"{names[prefix]}.ts"
-        targets[f"{prefix}onnx"] = out_dir / f"{names[prefix]}.onnx"
+                             "refine_network_def", Path(spec.refine_model).stem)
+    targets = {f"{prefix}{kind}": out_dir / f"{stem}.{suffix}" for prefix, (*_, stem) in stages.items()
+               for kind, suffix in (("torchscript", "ts"), ("onnx", "onnx"))}
     with contextlib.ExitStack() as stack:  # all to temporary files; renamed only once all are written
         tmp = {kind: stack.enter_context(atomic_path(path)) for kind, path in targets.items()}
-        for prefix, (weights, network, net_id) in stages.items():
+        for prefix, (weights, network, net_id, _) in stages.items():
             export_torchscript(weights, tmp[f"{prefix}torchscript"], bundle_dir, net_id, classes)
             export_onnx(network, tmp[f"{prefix}onnx"], spec)
     return targets
