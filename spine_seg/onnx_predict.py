@@ -36,8 +36,8 @@ GEOMETRY = Path(__file__).resolve().parents[1] / "bundle" / "scripts" / "vertebr
 
 
 def _load_geometry() -> Any:
-    """The bundle's stage-3 window geometry (``vertebra_windows``, ``window_overlap``), loaded from its file:
-    numpy and SciPy only, where the bundle's ``scripts`` package as a whole needs torch and MONAI."""
+    """The bundle's stage-3 window geometry (``vertebra_windows``, ``window_overlap``, ``paste_best``), loaded from
+    its file: numpy and SciPy only, where the bundle's ``scripts`` package as a whole needs torch and MONAI."""
     spec = importlib.util.spec_from_file_location("spine_seg_vertebra_geometry", GEOMETRY)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
@@ -45,7 +45,8 @@ def _load_geometry() -> Any:
 
 
 _geometry = _load_geometry()
-vertebra_windows, window_overlap = _geometry.vertebra_windows, _geometry.window_overlap
+vertebra_windows, window_overlap, paste_best = (_geometry.vertebra_windows, _geometry.window_overlap,
+                                                _geometry.paste_best)
 
 
 @dataclass(frozen=True)
@@ -262,12 +263,9 @@ class OnnxSegmenter:
             patch[part] = scaled[inside]
             batch.append(resize_linear(anti_alias(patch, size), size))  # cut_window always anti-aliases
         logits = self.refine.run([OUTPUT_NAME], {INPUT_NAME: np.stack(batch)[:, None].astype(np.float32)})[0]
-        maps = np.zeros((len(found) + 1, *labels.shape), dtype=np.float32)
-        for i, (prob, window) in enumerate(zip(softmax(logits, axis=1)[:, 1], found.values(), strict=True), 1):
-            side, inside, part = window_overlap(window, labels.shape)
-            maps[(i, *inside)] = resize_linear(prob, (side, side))[part]
-        names = np.array([0, *found], dtype=np.uint8)
-        return np.where(maps.max(0) > spec.refine_threshold, names[maps.argmax(0)], 0).astype(np.uint8)
+        pieces = ((label, resize_linear(prob, (window_overlap(window, labels.shape)[0],) * 2), window)
+                  for prob, (label, window) in zip(softmax(logits, axis=1)[:, 1], found.items(), strict=True))
+        return paste_best(pieces, labels.shape, spec.refine_threshold)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """``R x C`` image (any real dtype) -> ``R x C`` uint8 class map on the image's own grid."""

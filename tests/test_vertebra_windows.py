@@ -23,7 +23,8 @@ from scripts.vertebra_windows import (  # noqa: E402
     RefineVertebraed,
     VertebraWindowsd,
     cut_window,
-    paste_window,
+    paste_best,
+    uncut_window,
     vertebra_windows,
     window_overlap,
 )
@@ -43,7 +44,8 @@ def test_windows_cut_and_paste_back() -> None:
     for k, window in found.items():
         patch = cut_window((label == k).astype(np.float32), window, 32, mode="nearest-exact")
         assert patch.shape == (1, 32, 32)
-        assert dice(paste_window(patch[0], window, label.shape).numpy() > 0.5, label == k) > 0.95
+        back = uncut_window(patch[0], window, label.shape)
+        assert dice(paste_best([(k, back, window)], label.shape, 0.5) == k, label == k) > 0.95
 
 
 def test_a_window_wholly_outside_the_image_cuts_zeros_and_pastes_nothing() -> None:
@@ -51,7 +53,23 @@ def test_a_window_wholly_outside_the_image_cuts_zeros_and_pastes_nothing() -> No
     inside = window_overlap(window, (300, 140))[1]
     assert np.ones((300, 140))[inside].size == 0
     assert not cut_window(np.ones((300, 140), np.float32), window, 16).any()
-    assert not paste_window(torch.ones(16, 16), window, (300, 140)).any()
+    assert not paste_best([(1, uncut_window(torch.ones(16, 16), window, (300, 140)), window)], (300, 140), 0.5).any()
+
+
+def test_pasting_gives_each_pixel_the_most_probable_window_over_the_threshold() -> None:
+    """Two overlapping windows on a 6 x 8 image, the second cut by the right edge: where both reach, the more
+    probable wins and a tie goes to the first; at or under the threshold, or outside both windows, background."""
+    first, second = (2.0, 2.0, 4.0), (3.0, 7.0, 4.0)  # rows 0-3 x columns 0-3; rows 1-4 x columns 5-8 (8 cut)
+    left = np.full((4, 4), 0.6, np.float32)
+    left[:, 3] = 0.5  # column 3: at the threshold
+    right = np.full((4, 4), 0.7, np.float32)
+    out = paste_best([(4, left, first), (2, right, second)], (6, 8), 0.5)
+    assert out.dtype == np.uint8 and out.shape == (6, 8)
+    assert (out[0:4, 0:3] == 4).all() and not out[0:4, 3].any() and not out[4:, :5].any() and not out[:, 4].any()
+    assert (out[1:5, 5:8] == 2).all() and not out[0, 5:].any() and not out[5].any()
+    wide = (2.0, 4.0, 4.0)  # rows 0-3 x columns 2-5: overlaps the first window in columns 2-3
+    tie = paste_best([(4, left, first), (3, np.full((4, 4), 0.6, np.float32), wide)], (6, 8), 0.5)
+    assert (tie[0:4, 2] == 4).all() and (tie[0:4, 3] == 3).all() and (tie[0:4, 4:6] == 3).all()
 
 
 def test_the_onnx_path_uses_the_bundle_s_window_geometry_without_torch() -> None:
@@ -59,6 +77,7 @@ def test_the_onnx_path_uses_the_bundle_s_window_geometry_without_torch() -> None
     geometry), and imports with torch and MONAI unavailable, as a deployment with onnxruntime alone has them."""
     assert onnx_predict.vertebra_windows.__code__.co_filename == vertebra_windows.__code__.co_filename
     assert onnx_predict.window_overlap.__code__.co_filename == window_overlap.__code__.co_filename
+    assert onnx_predict.paste_best.__code__.co_filename == paste_best.__code__.co_filename
     blocked = "import sys; sys.modules['torch'] = sys.modules['monai'] = None; import spine_seg.onnx_predict as m; " \
               "print(m.vertebra_windows(__import__('numpy').ones((4, 6), 'uint8'), 1, 2.0))"
     out = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, check=True).stdout

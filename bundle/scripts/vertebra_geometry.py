@@ -1,9 +1,10 @@
-"""Stage 3's window geometry in numpy and SciPy alone: shared by the bundle's ``scripts/vertebra_windows.py`` and
-the ONNX path (``spine_seg.onnx_predict``, which loads this file without torch or MONAI)."""
+"""Stage 3's window geometry, and how its windows are put back together, in numpy and SciPy alone: shared by the
+bundle's ``scripts/vertebra_windows.py`` and the ONNX path (``spine_seg.onnx_predict``, which loads this file
+without torch or MONAI)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -32,3 +33,20 @@ def window_overlap(window: Window, shape: Sequence[int]) -> tuple[int, tuple[sli
     rs, cs = max(r0, 0), max(c0, 0)
     re, ce = max(min(r0 + size, shape[0]), rs), max(min(c0 + size, shape[1]), cs)
     return size, (slice(rs, re), slice(cs, ce)), (slice(rs - r0, re - r0), slice(cs - c0, ce - c0))
+
+
+def paste_best(pieces: Iterable[tuple[int, np.ndarray, Window]], shape: Sequence[int], threshold: float) -> np.ndarray:
+    """The ``shape`` (``R x C``) uint8 label map where each pixel takes the label of the piece most probable there,
+    if that probability is over ``threshold``, else 0. A piece is a label, its probability map (``side x side``, on
+    the window's own pixels, ``side`` as :func:`window_overlap` gives it) and its window; the first of equal ones
+    wins. Only the window's part of the map is touched per piece: no full-size map per vertebra."""
+    best = np.zeros(tuple(shape), dtype=np.float32)
+    labels = np.zeros(tuple(shape), dtype=np.uint8)
+    for label, prob, window in pieces:
+        _, inside, part = window_overlap(window, shape)
+        prob = np.asarray(prob, dtype=np.float32)[part]
+        wins = prob > best[inside]
+        best[inside] = np.where(wins, prob, best[inside])
+        labels[inside] = np.where(wins, label, labels[inside])
+    labels[best <= threshold] = 0
+    return labels

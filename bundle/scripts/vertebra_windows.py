@@ -5,9 +5,9 @@ size`` pixels (about 2 px of the radiograph per pixel at 128, against about 4-5 
 has three classes: background, the vertebra at the window's centre, the other vertebrae. Training cuts the windows
 around the expert vertebrae (:class:`VertebraWindowsd`, one sample per vertebra, cut larger than needed so that
 ``RandAffined`` can move and scale them); inference (:class:`RefineVertebraed`) cuts them around the vertebrae of
-stage 2's label map, pastes the centre-class probabilities back at the original size and gives each pixel the
-vertebra of the highest probability where that is over ``threshold``. Nothing is renamed: each window keeps the
-label stage 2 gave it.
+stage 2's label map, resizes the centre-class probabilities back and gives each pixel the vertebra of the highest
+probability where that is over ``threshold`` (``paste_best``, window by window). Nothing is renamed: each window
+keeps the label stage 2 gave it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Resize, ScaleIntensityRangePercentiles
 
-from .vertebra_geometry import Window, vertebra_windows, window_overlap
+from .vertebra_geometry import Window, paste_best, vertebra_windows, window_overlap
 from .weights import load_network
 
 
@@ -33,13 +33,11 @@ def cut_window(image: np.ndarray, window: Window, size: int, mode: str = "biline
     return torch.as_tensor(resize(patch)).float()
 
 
-def paste_window(prob: torch.Tensor, window: Window, shape: Sequence[int]) -> torch.Tensor:
-    """A ``size x size`` probability map back on the ``shape`` grid (bilinear; zero outside the window)."""
-    side, inside, part = window_overlap(window, shape)
-    out = torch.zeros(tuple(shape), dtype=torch.float32)
-    back = torch.nn.functional.interpolate(prob[None, None].float(), size=(side, side), mode="bilinear")[0, 0]
-    out[inside] = back[part]
-    return out
+def uncut_window(prob: torch.Tensor, window: Window, shape: Sequence[int]) -> np.ndarray:
+    """A ``size x size`` probability map back on the window's own pixels of an image of ``shape``: ``side x side``
+    (bilinear), ``side`` as :func:`window_overlap` gives it; :func:`paste_best` puts it in place."""
+    side = window_overlap(window, shape)[0]
+    return torch.nn.functional.interpolate(prob[None, None].float(), size=(side, side), mode="bilinear")[0, 0].numpy()
 
 
 class VertebraWindowsd(MapTransform):
@@ -100,11 +98,9 @@ class RefineVertebraed(MapTransform):
             return np.zeros_like(labels, dtype=np.uint8)
         batch = torch.stack([cut_window(image, w, self.size) for w in found.values()]).to(self.device)
         prob = torch.softmax(self.network(batch).float(), 1)[:, 1].cpu()
-        maps = torch.stack([torch.zeros(labels.shape)] + [paste_window(p, w, labels.shape)
-                                                           for p, w in zip(prob, found.values(), strict=True)])
-        best, index = maps.max(0)
-        names = torch.tensor([0, *found], dtype=torch.uint8)
-        return torch.where(best > self.threshold, names[index], 0).numpy().astype(np.uint8)
+        pieces = ((label, uncut_window(p, w, labels.shape), w)
+                  for p, (label, w) in zip(prob, found.items(), strict=True))
+        return paste_best(pieces, labels.shape, self.threshold)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
