@@ -173,11 +173,16 @@ def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
 
 
 def keep_largest_components(class_map: np.ndarray, labels: Sequence[int]) -> np.ndarray:
-    """Per label, keep its largest 8-connected component and set the label's other pixels to 0."""
+    """Per label (each 1 or more), keep its largest 8-connected component and set the label's other pixels to 0;
+    each label's components are found within its bounding box, as the bundle's ``KeepLargestPerLabel`` does."""
     out = class_map.copy()
     full = np.ones((3,) * class_map.ndim, dtype=bool)
+    boxes = ndimage.find_objects(class_map.astype(np.int32, copy=False), max(labels, default=0))
     for label in labels:
-        foreground = class_map == label
+        if boxes[label - 1] is None:
+            continue
+        region = out[boxes[label - 1]]
+        foreground = region == label
         components, count = ndimage.label(foreground, structure=full)
         if count <= 1:
             continue
@@ -185,7 +190,7 @@ def keep_largest_components(class_map: np.ndarray, labels: Sequence[int]) -> np.
         sizes[0] = 0
         keep = np.zeros(sizes.shape[0], dtype=bool)
         keep[np.argsort(sizes)[::-1][:1]] = True  # the tie-break of MONAI's get_largest_connected_component_mask
-        out[foreground & ~keep[components]] = 0
+        region[foreground & ~keep[components]] = 0
     return out
 
 

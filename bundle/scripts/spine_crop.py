@@ -16,13 +16,13 @@ from monai.config import KeysCollection
 from monai.transforms import (
     CropForeground,
     CropForegroundd,
-    KeepLargestConnectedComponent,
     MapTransform,
     Randomizable,
     Resize,
     ScaleIntensityRangePercentiles,
 )
 
+from .class_map import KeepLargestPerLabel
 from .weights import load_network
 
 
@@ -138,7 +138,7 @@ class CoarseSpineMaskd(MapTransform):
         self.device = torch.device(device)
         self.resize = Resize(spatial_size, mode="bilinear", anti_aliasing=True)
         self.scale = ScaleIntensityRangePercentiles(*percentiles, b_min=0.0, b_max=1.0, clip=True)
-        self.largest = KeepLargestConnectedComponent(list(range(1, num_classes)), is_onehot=False, independent=True)
+        self.largest = KeepLargestPerLabel(range(1, num_classes))
         self._loaded = False
 
     def load(self) -> None:
