@@ -29,19 +29,25 @@ class ClassArgMax(Transform):
         return torch.as_tensor(img).max(0, keepdim=True).indices.to(self.dtype)
 
 
-class ClassArgMaxd(MapTransform):
-    """Dictionary twin of :class:`ClassArgMax`."""
+class _EachKey(MapTransform):
+    """A dictionary twin: ``self.converter`` applied to each of ``keys``."""
 
-    def __init__(self, keys: KeysCollection, dtype: torch.dtype = torch.uint8,
-                 allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.converter = ClassArgMax(dtype)
+    converter: Transform
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key])
         return d
+
+
+class ClassArgMaxd(_EachKey):
+    """Dictionary twin of :class:`ClassArgMax`."""
+
+    def __init__(self, keys: KeysCollection, dtype: torch.dtype = torch.uint8,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = ClassArgMax(dtype)
 
 
 class KeepLargestPerLabel(Transform):
@@ -70,15 +76,9 @@ class KeepLargestPerLabel(Transform):
         return out
 
 
-class KeepLargestPerLabeld(MapTransform):
+class KeepLargestPerLabeld(_EachKey):
     """Dictionary twin of :class:`KeepLargestPerLabel`."""
 
     def __init__(self, keys: KeysCollection, applied_labels: Sequence[int], allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.converter = KeepLargestPerLabel(applied_labels)
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.converter(d[key])
-        return d
