@@ -32,7 +32,7 @@ STUDIES ?= $(DATA)/imagesTs
 LABEL_PORT ?= 8000
 
 .PHONY: install test lint convert-data train train-coarse train-fine train-refine evaluate audit-labels report infer export export-model predict-test demo bench-convert \
-	bench-infer bench-levels clean label-install label-serve test-label
+	bench-infer bench-levels bench-walk clean label-install label-serve test-label
 
 install: $(INSTALLED)
 
@@ -132,6 +132,11 @@ bench-infer: install
 bench-levels: $(DATA)/dataset.json
 	$(PY) benchmarks/level_counter.py --dataset-json $(DATA)/dataset.json --fold $(FOLD) \
 		$(if $(wildcard $(EVAL_OUT)/pred),--eval-dir $(EVAL_OUT))
+
+# Can the stage-3 network count the thoracic bodies? Walks up from T12 on every labelled case (about 10 min here)
+# and sets the count from the top edge against the height-fraction position (bundle/docs, "Tried, not adopted").
+bench-walk: $(DATA)/dataset.json
+	$(PY) benchmarks/level_walk.py --dataset-json $(DATA)/dataset.json --fold $(FOLD)
 
 # MONAI Label server venv; versions in requirements-label.txt (torch/torchvision installed first).
 label-install: $(LABEL_INSTALLED)
