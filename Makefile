@@ -136,7 +136,7 @@ bench-levels: $(DATA)/dataset.json
 # Can the stage-3 network count the thoracic bodies? Walks up from T12 on every labelled case (about 10 min here)
 # and sets the count from the top edge against the height-fraction position (bundle/docs, "Tried, not adopted").
 bench-walk: $(DATA)/dataset.json
-	$(PY) benchmarks/level_walk.py --dataset-json $(DATA)/dataset.json --fold $(FOLD)
+	$(PY) benchmarks/level_walk.py --dataset-json $(DATA)/dataset.json --fold $(FOLD) --figure docs/figures/level_walk.png
 
 # MONAI Label server venv; versions in requirements-label.txt (torch/torchvision installed first).
 label-install: $(LABEL_INSTALLED)

@@ -16,7 +16,7 @@ follow (``spine_seg.label_audit.level_z``, in pitches); how far a second walk, s
 cases three rules name as the experts did: the height fraction alone, the count alone, both (a 2D Gaussian fitted
 on the training cases of ``--fold``), on the training and the validation cases of that fold. CPU, no randomness.
 
-    python benchmarks/level_walk.py --dataset-json data/aasce/dataset.json
+    python benchmarks/level_walk.py --dataset-json data/aasce/dataset.json --figure docs/figures/level_walk.png
 """
 
 from __future__ import annotations
@@ -32,13 +32,16 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.transforms import ScaleIntensityRangePercentiles
+from PIL import Image, ImageDraw
 from scipy import ndimage
 from tqdm import tqdm
 
+from spine_seg.atomic import atomic_path
 from spine_seg.dataset_json import read_dataset_json
 from spine_seg.label_audit import level_z, measure
 from spine_seg.model_export import load_network
 from spine_seg.nifti_io import read_nifti
+from spine_seg.overlay import overlay_rgb
 from spine_seg.predict import DEFAULT_BUNDLE
 
 Segmenter = Callable[[tuple[float, float], float], np.ndarray]  # (centre row, col), side (px) -> R x C probability
@@ -121,6 +124,35 @@ def window_segmenter(network: torch.nn.Module, image: np.ndarray, size: int) -> 
     return segment
 
 
+def walk_panel(image: np.ndarray, label: np.ndarray, bodies: list[Body], height: int = 640) -> Image.Image:
+    """The radiograph with its expert labels tinted, a green box on each body the walk found and a yellow cross
+    where it put a virtual one, scaled to ``height`` pixels."""
+    picture = Image.fromarray(overlay_rgb(image, label))
+    draw = ImageDraw.Draw(picture)
+    line = max(2, image.shape[0] // 400)
+    for b in bodies:
+        if b.found:
+            draw.rectangle([b.col - b.width / 2, b.row - b.height / 2, b.col + b.width / 2, b.row + b.height / 2],
+                           outline=(0, 255, 0), width=line)
+        else:
+            r = 6 * line
+            draw.line([b.col - r, b.row - r, b.col + r, b.row + r], fill=(255, 255, 0), width=line)
+            draw.line([b.col - r, b.row + r, b.col + r, b.row - r], fill=(255, 255, 0), width=line)
+    return picture.resize((max(1, round(image.shape[1] * height / image.shape[0])), height))
+
+
+def save_panels(path: Path, panels: list[Image.Image]) -> None:
+    """The panels side by side in one PNG, written atomically."""
+    out = Image.new("RGB", (sum(p.width for p in panels), max(p.height for p in panels)))
+    x = 0
+    for panel in panels:
+        out.paste(panel, (x, 0))
+        x += panel.width
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        out.save(tmp, format="PNG")
+
+
 def robust_sd(x: np.ndarray) -> float:
     """1.4826 times the median absolute deviation (the sd of a normal sample), NaNs left out."""
     x = x[~np.isnan(x)]
@@ -148,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shrink", type=float, default=0.96)
     parser.add_argument("--lo", type=float, default=0.75)
     parser.add_argument("--hi", type=float, default=1.25)
+    parser.add_argument("--figure", type=Path, help="PNG of the walks on the --figure-cases, side by side")
+    parser.add_argument("--figure-cases", default="001,082,102,104,008")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(args.bundle))  # the bundle's `scripts` package, as `monai.bundle run` adds it
     config = ConfigParser()
@@ -159,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     num = len(meta["labels"]) - 1
     walk_args = {"shrink": args.shrink, "lo": args.lo, "hi": args.hi}
     counts, counted, from_l2, virtual, geometries, folds, t12_depth = [], [], [], [], [], [], []
+    shown = args.figure_cases.split(",")
+    panels: dict[str, Image.Image] = {}
     for case in tqdm(meta["training"], desc="walk", unit="case"):
         image = np.asarray(scale(read_nifti(args.dataset_json.parent / case["image"]).astype(np.float32)))
         label = read_nifti(args.dataset_json.parent / case["label"]).astype(np.uint8)
@@ -167,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
         segment = window_segmenter(network, image, size)
         (t12, h, w), (l1, _, _), (l2, h2, w2), (l3, _, _) = (body_geometry(label == k) for k in (1, 2, 3, 4))
         bodies = walk(segment, t12, l1, ratio * max(h, w), **walk_args)
+        if args.figure and case["id"] in shown:
+            panels[case["id"]] = walk_panel(image, label, bodies)
         counts.append(len(bodies))
         virtual.append(sum(not b.found for b in bodies))
         counted.append(counted_position(t12[0], bodies))
@@ -189,6 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     agree = np.abs(from_l2_a - counted_a)
     print(f"a second walk from L2 gives T12's counted position within 0.5 of the first in {np.mean(agree < 0.5):.0%} "
           f"of the cases, within 0.25 in {np.mean(agree < 0.25):.0%}")
+    if args.figure and panels:
+        save_panels(args.figure, [panels[c] for c in shown if c in panels])
+        print(f"walks of cases {', '.join(c for c in shown if c in panels)}: {args.figure}")
     for name, shift in naming_rules(counted_a, height, train).items():
         right = shift == 0
         print(f"{name}: names T12 as the experts did in {int(right[train].sum())} of {int(train.sum())} training "

@@ -10,6 +10,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+from PIL import Image
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +94,13 @@ def test_naming_rules_read_the_shift_off_each_position(level_walk: ModuleType) -
 def test_runs_on_phantoms_with_the_shipped_weights(
     level_walk: ModuleType, expert_cascade: tuple, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    dataset_json, _, val = expert_cascade
-    level_walk.main(["--dataset-json", str(Path(dataset_json))])
+    dataset_json, eval_dir, val = expert_cascade
+    figure = Path(eval_dir) / "walks.png"
+    level_walk.main(["--dataset-json", str(Path(dataset_json)), "--figure", str(figure), "--figure-cases", "001,002"])
     out = capsys.readouterr().out
+    assert f"walks of cases 001, 002: {figure}" in out
+    with Image.open(figure) as picture:
+        assert picture.height == 640 and picture.width > 640 * 64 / 160  # two 160 x 64 panels scaled to 640 rows
     assert re.search(r"^10 cases; bodies found above T12: ", out, re.M)
     for rule in ("height fraction alone", "count alone", "both"):
         assert re.search(rf"^{rule}: names T12 as the experts did in \d+ of 8 training cases, \d+ of {len(val)} "
