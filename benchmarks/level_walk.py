@@ -221,9 +221,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"T12's counted position: median {np.nanmedian(counted_a):.2f} bodies, robust sd {robust_sd(counted_a):.2f}; "
           f"height-fraction position (level_z): robust sd {robust_sd(height):.2f} pitches")
     ok = ~np.isnan(counted_a)
-    corr = [np.corrcoef(counted_a[ok], other[ok])[0, 1] for other in (depth, height)]
-    print(f"correlation of the counted position with T12's depth below the top edge (in pitches): {corr[0]:.2f}; "
-          f"with level_z: {corr[1]:.2f}")
+    if ok.sum() > 2 and np.ptp(counted_a[ok]) > 0:
+        corr = [np.corrcoef(counted_a[ok], other[ok])[0, 1] for other in (depth, height)]
+        print(f"correlation of the counted position with T12's depth below the top edge (in pitches): {corr[0]:.2f}; "
+              f"with level_z: {corr[1]:.2f}")
+    else:
+        print(f"correlation of the counted position: n/a ({int(ok.sum())} cases with a body above T12)")
     agree = np.abs(from_l2_a - counted_a)
     print(f"a second walk from L2 gives T12's counted position within 0.5 of the first in {np.mean(agree < 0.5):.0%} "
           f"of the cases, within 0.25 in {np.mean(agree < 0.25):.0%}")

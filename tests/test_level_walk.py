@@ -102,6 +102,7 @@ def test_runs_on_phantoms_with_the_shipped_weights(
     with Image.open(figure) as picture:
         assert picture.height == 640 and picture.width > 640 * 64 / 160  # two 160 x 64 panels scaled to 640 rows
     assert re.search(r"^10 cases; bodies found above T12: ", out, re.M)
+    assert re.search(r"^correlation of the counted position", out, re.M)
     for rule in ("height fraction alone", "count alone", "both"):
         assert re.search(rf"^{rule}: names T12 as the experts did in \d+ of 8 training cases, \d+ of {len(val)} "
                          r"fold-0 validation cases$", out, re.M)
