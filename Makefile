@@ -133,7 +133,7 @@ bench-levels: $(DATA)/dataset.json
 	$(PY) benchmarks/level_counter.py --dataset-json $(DATA)/dataset.json --fold $(FOLD) \
 		$(if $(wildcard $(EVAL_OUT)/pred),--eval-dir $(EVAL_OUT))
 
-# Can the stage-3 network count the thoracic bodies? Walks up from T12 on every labelled case (about 10 min here)
+# Can the stage-3 network count the thoracic bodies? Walks up from T12 on every labelled case (about 7 min here)
 # and sets the count from the top edge against the height-fraction position (bundle/docs, "Tried, not adopted").
 bench-walk: $(DATA)/dataset.json
 	$(PY) benchmarks/level_walk.py --dataset-json $(DATA)/dataset.json --fold $(FOLD) --figure docs/figures/level_walk.png

@@ -44,7 +44,9 @@ from spine_seg.nifti_io import read_nifti
 from spine_seg.overlay import overlay_rgb
 from spine_seg.predict import DEFAULT_BUNDLE
 
-Segmenter = Callable[[tuple[float, float], float], np.ndarray]  # (centre row, col), side (px) -> R x C probability
+# (centre row, col), side (px) -> the window's probability map where it lies inside the image, and the image row
+# and column of that map's first pixel
+Segmenter = Callable[[tuple[float, float], float], tuple[np.ndarray, tuple[int, int]]]
 
 
 class Body(NamedTuple):
@@ -57,10 +59,17 @@ class Body(NamedTuple):
     found: bool
 
 
-def body_geometry(mask: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """Centroid (row, col) and bounding-box height and width (px) of a non-empty ``R x C`` mask."""
-    rows, cols = ndimage.find_objects(mask.astype(np.int8))[0]
-    return np.array(ndimage.center_of_mass(mask)), rows.stop - rows.start, cols.stop - cols.start
+def components(prob: np.ndarray, origin: tuple[int, int]) -> list[tuple[float, Body]]:
+    """Area (px) and body of each component of ``prob > 0.5`` (a window's map; ``origin``: the image row and column
+    of its first pixel), in image coordinates; none for an empty map (a window wholly off the image)."""
+    labels, count = ndimage.label(prob > 0.5)
+    if not count:
+        return []
+    index = np.arange(1, count + 1)
+    areas = ndimage.sum_labels(labels > 0, labels, index)
+    centres = np.array(ndimage.center_of_mass(labels > 0, labels, index)) + origin
+    return [(float(area), Body(float(row), float(col), rows.stop - rows.start, cols.stop - cols.start, True))
+            for area, (row, col), (rows, cols) in zip(areas, centres, ndimage.find_objects(labels), strict=True)]
 
 
 def walk(segment: Segmenter, start: np.ndarray, below: np.ndarray, start_side: float, shrink: float = 0.96,
@@ -78,17 +87,12 @@ def walk(segment: Segmenter, start: np.ndarray, below: np.ndarray, start_side: f
         if probe[0] < 0 or length < 1:
             break
         side = start_side * length / first
-        labels, count = ndimage.label(segment((float(probe[0]), float(probe[1])), side) > 0.5)
         best: tuple[float, Body] | None = None
-        for k in range(1, count + 1):
-            mask = labels == k
-            if mask.sum() < min_area * (side / 1.6) ** 2:
-                continue
-            centre, height, width = body_geometry(mask)
-            if lo * length <= cur[0] - centre[0] <= hi * length:
-                distance = float(np.linalg.norm(centre - probe))
+        for area, body in components(*segment((float(probe[0]), float(probe[1])), side)):
+            if area >= min_area * (side / 1.6) ** 2 and lo * length <= cur[0] - body.row <= hi * length:
+                distance = float(np.hypot(body.row - probe[0], body.col - probe[1]))
                 if best is None or distance < best[0]:
-                    best = distance, Body(float(centre[0]), float(centre[1]), height, width, True)
+                    best = distance, body
         found = best[1] if best else Body(float(probe[0]), float(probe[1]), 0, 0, False)
         nxt = np.array([found.row, found.col])
         step, cur = nxt - cur, nxt
@@ -108,18 +112,17 @@ def counted_position(start_row: float, bodies: list[Body], reference_row: float 
 
 def window_segmenter(network: torch.nn.Module, image: np.ndarray, size: int) -> Segmenter:
     """Stage 3 as the bundle runs it (``scripts.vertebra_windows``) on one probe: the centre-class probability of
-    the ``side`` square window at ``centre`` of ``image`` (``R x C``, scaled to [0, 1]), as an ``R x C`` map."""
+    the ``side`` square window at ``centre`` of ``image`` (``R x C``, scaled to [0, 1]), on the window's pixels
+    inside the image, with the image row and column of its first pixel."""
     from scripts.vertebra_geometry import window_overlap
     from scripts.vertebra_windows import cut_window, uncut_window
 
     @torch.no_grad()
-    def segment(centre: tuple[float, float], side: float) -> np.ndarray:
+    def segment(centre: tuple[float, float], side: float) -> tuple[np.ndarray, tuple[int, int]]:
         window = (centre[0], centre[1], side)
         prob = torch.softmax(network(cut_window(image, window, size)[None]).float(), 1)[0, 1]
-        full = np.zeros(image.shape, np.float32)
-        _, inside, part = window_overlap(window, image.shape)
-        full[inside] = uncut_window(prob, window, image.shape)[part]
-        return full
+        _, (rows, cols), part = window_overlap(window, image.shape)
+        return uncut_window(prob, window, image.shape)[part], (rows.start, cols.start)
 
     return segment
 
@@ -184,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--figure-cases", default="001,082,102,104,008")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(args.bundle))  # the bundle's `scripts` package, as `monai.bundle run` adds it
+    from scripts.vertebra_geometry import vertebra_windows
+
     config = ConfigParser()
     config.read_config(str(args.bundle / "configs" / "inference.json"))
     ratio, size = float(config["refine_ratio"]), int(config["refine_size"])
@@ -201,14 +206,15 @@ def main(argv: list[str] | None = None) -> None:
         if not all((label == k).any() for k in (1, 2, 3, 4)):
             continue
         segment = window_segmenter(network, image, size)
-        (t12, h, w), (l1, _, _), (l2, h2, w2), (l3, _, _) = (body_geometry(label == k) for k in (1, 2, 3, 4))
-        bodies = walk(segment, t12, l1, ratio * max(h, w), **walk_args)
+        t12, l1, l2, l3 = np.array(ndimage.center_of_mass(label > 0, label, [1, 2, 3, 4]))
+        sides = {k: window[2] for k, window in vertebra_windows(label, 3, ratio).items()}
+        bodies = walk(segment, t12, l1, sides[1], **walk_args)
         if args.figure and case["id"] in shown:
             panels[case["id"]] = walk_panel(image, label, bodies)
         counts.append(len(bodies))
         virtual.append(sum(not b.found for b in bodies))
         counted.append(counted_position(t12[0], bodies))
-        from_l2.append(counted_position(l2[0], walk(segment, l2, l3, ratio * max(h2, w2), **walk_args), t12[0]))
+        from_l2.append(counted_position(l2[0], walk(segment, l2, l3, sides[3], **walk_args), t12[0]))
         geometry = measure(label, num)
         geometries.append(geometry)
         folds.append(case["fold"])

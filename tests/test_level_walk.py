@@ -38,16 +38,15 @@ def chain(skip: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     return masks, np.array(rows[1:])
 
 
-def fake_segmenter(masks: list[np.ndarray]) -> Callable[[tuple[float, float], float], np.ndarray]:
+def fake_segmenter(masks: list[np.ndarray]) -> Callable[[tuple[float, float], float], tuple[np.ndarray, tuple]]:
     """A stand-in for stage 3: inside the window, probability 1 on the drawn body nearest the window's centre."""
     centres = [np.nonzero(m)[0].mean() if m.any() else np.inf for m in masks]
 
-    def segment(centre: tuple[float, float], side: float) -> np.ndarray:
+    def segment(centre: tuple[float, float], side: float) -> tuple[np.ndarray, tuple[int, int]]:
         nearest = int(np.argmin([abs(c - centre[0]) for c in centres]))
-        window = np.zeros(SHAPE, bool)
-        r0, c0 = int(round(centre[0] - side / 2)), int(round(centre[1] - side / 2))
-        window[max(r0, 0):max(r0 + int(side), 0), max(c0, 0):max(c0 + int(side), 0)] = True
-        return (masks[nearest] & window).astype(np.float32)
+        r0, c0 = (max(int(round(c - side / 2)), 0) for c in centre)
+        r1, c1 = (max(int(round(c - side / 2)) + int(side), 0) for c in centre)
+        return masks[nearest][r0:r1, c0:c1].astype(np.float32), (r0, c0)
 
     return segment
 
@@ -67,6 +66,20 @@ def test_walk_counts_a_missing_body_as_virtual(level_walk: ModuleType) -> None:
     assert [b.found for b in bodies].count(False) == 1 and not bodies[3].found
     assert abs(bodies[3].row - rows[3]) < 10  # put where the pitch model expects it
     assert np.abs(np.array([b.row for b in bodies[4:]]) - rows[4:]).max() < 1.0  # and the walk goes on
+
+
+def test_walk_counts_a_window_off_the_image_as_virtual(level_walk: ModuleType) -> None:
+    masks, rows = chain()
+    inside = fake_segmenter(masks)
+
+    def segment(centre: tuple[float, float], side: float) -> tuple[np.ndarray, tuple[int, int]]:
+        if abs(centre[0] - rows[2]) < 10:  # the third probe's window lies wholly outside the image
+            return np.zeros((0, 0), np.float32), (0, SHAPE[1])
+        return inside(centre, side)
+
+    bodies = level_walk.walk(segment, np.array([800.0, 80.0]), np.array([900.0, 80.0]), 1.6 * 60)
+    assert [b.found for b in bodies].count(False) == 1 and not bodies[2].found
+    assert np.abs(np.array([b.row for b in bodies[3:]]) - rows[3:]).max() < 1.0
 
 
 def test_counted_position(level_walk: ModuleType) -> None:
