@@ -115,14 +115,13 @@ def window_segmenter(network: torch.nn.Module, image: np.ndarray, size: int) -> 
     the ``side`` square window at ``centre`` of ``image`` (``R x C``, scaled to [0, 1]), on the window's pixels
     inside the image, with the image row and column of its first pixel."""
     from scripts.vertebra_geometry import window_overlap
-    from scripts.vertebra_windows import cut_window, uncut_window
+    from scripts.vertebra_windows import window_probabilities
 
-    @torch.no_grad()
     def segment(centre: tuple[float, float], side: float) -> tuple[np.ndarray, tuple[int, int]]:
         window = (centre[0], centre[1], side)
-        prob = torch.softmax(network(cut_window(image, window, size)[None]).float(), 1)[0, 1]
+        (prob,) = window_probabilities(network, image, [window], size)
         _, (rows, cols), part = window_overlap(window, image.shape)
-        return uncut_window(prob, window, image.shape)[part], (rows.start, cols.start)
+        return prob[part], (rows.start, cols.start)
 
     return segment
 

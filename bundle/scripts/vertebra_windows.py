@@ -12,7 +12,7 @@ keeps the label stage 2 gave it.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,17 @@ def uncut_window(prob: torch.Tensor, window: Window, shape: Sequence[int]) -> np
     (bilinear), ``side`` as :func:`window_overlap` gives it; :func:`paste_best` puts it in place."""
     side = window_overlap(window, shape)[0]
     return torch.nn.functional.interpolate(prob[None, None].float(), size=(side, side), mode="bilinear")[0, 0].numpy()
+
+
+@torch.no_grad()
+def window_probabilities(network: torch.nn.Module, image: np.ndarray, windows: Sequence[Window], size: int,
+                         device: str | torch.device = "cpu") -> Iterator[np.ndarray]:
+    """The stage-3 ``network``'s centre-class probability for each window of ``image`` (``R x C``, scaled to
+    [0, 1]), one batch for all: per window a ``side x side`` map on its own pixels (:func:`uncut_window`), made
+    as it is consumed."""
+    batch = torch.stack([cut_window(image, w, size) for w in windows]).to(device)
+    prob = torch.softmax(network(batch).float(), 1)[:, 1].cpu()
+    return (uncut_window(p, w, image.shape) for p, w in zip(prob, windows, strict=True))
 
 
 class VertebraWindowsd(MapTransform):
@@ -96,11 +107,9 @@ class RefineVertebraed(MapTransform):
         found = vertebra_windows(labels, self.num, self.ratio)
         if not found:
             return np.zeros_like(labels, dtype=np.uint8)
-        batch = torch.stack([cut_window(image, w, self.size) for w in found.values()]).to(self.device)
-        prob = torch.softmax(self.network(batch).float(), 1)[:, 1].cpu()
-        pieces = ((label, uncut_window(p, w, labels.shape), w)
-                  for p, (label, w) in zip(prob, found.items(), strict=True))
-        return paste_best(pieces, labels.shape, self.threshold)
+        windows = list(found.values())
+        probs = window_probabilities(self.network, image, windows, self.size, self.device)
+        return paste_best(zip(found, probs, windows, strict=True), labels.shape, self.threshold)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
