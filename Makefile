@@ -32,7 +32,7 @@ STUDIES ?= $(DATA)/imagesTs
 LABEL_PORT ?= 8000
 
 .PHONY: install test lint convert-data train train-coarse train-fine train-refine evaluate audit-labels report infer export export-model predict-test demo bench-convert \
-	bench-infer bench-levels bench-walk clean label-install label-serve test-label
+	bench-infer bench-levels bench-walk bench-style clean label-install label-serve test-label
 
 install: $(INSTALLED)
 
@@ -137,6 +137,18 @@ bench-levels: $(DATA)/dataset.json
 # and sets the count from the top edge against the height-fraction position (bundle/docs, "Tried, not adopted").
 bench-walk: $(DATA)/dataset.json
 	$(PY) benchmarks/level_walk.py --dataset-json $(DATA)/dataset.json --fold $(FOLD) --figure docs/figures/level_walk.png
+
+# Two annotation styles in the shared set's labels (bundle/docs, "Why 0.90 is out of reach"): the cascade's vertebra
+# sizes against each source group's (the year in cases.tsv's file names) on a training fold, STYLE_FOLD, and on FOLD,
+# and the Dice with each vertebra scaled to its group's size (about 3 min here, after make evaluate for both folds,
+# run first where missing: about 2-4 min each).
+STYLE_FOLD ?= $(if $(filter 1,$(FOLD)),0,1)
+STYLE_EVAL := $(OUT)/eval-fold$(STYLE_FOLD)
+bench-style: $(DATA)/dataset.json
+	test -d $(EVAL_OUT)/pred || $(MAKE) evaluate
+	test -d $(STYLE_EVAL)/pred || $(MAKE) evaluate FOLD=$(STYLE_FOLD) EVAL_OUT=$(STYLE_EVAL)
+	$(PY) benchmarks/label_style.py --dataset-json $(DATA)/dataset.json --cases-tsv $(RAW)/cases.tsv --fold $(FOLD) \
+		--eval-dir $(EVAL_OUT) --fit-eval-dir $(STYLE_EVAL)
 
 # MONAI Label server venv; versions in requirements-label.txt (torch/torchvision installed first).
 label-install: $(LABEL_INSTALLED)
