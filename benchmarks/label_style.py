@@ -185,6 +185,12 @@ def main(argv: list[str] | None = None) -> None:
         if name != "as predicted":
             line += f"; against as predicted: {paired_difference(s, base)}"
         print(line)
+    held_groups = np.array([groups[cid] for cid in held_cases])
+    for g in names:
+        in_group = held_groups == g
+        print(f"  {g} ({in_group.sum()} cases, {(in_group & drawn).sum()} over {MIN_DICE}): "
+              + ", ".join(f"{name} {np.array(s)[in_group].mean():.4f} ({np.array(s)[in_group & drawn].mean():.4f})"
+                          for name, s in scores.items()))
 
 
 if __name__ == "__main__":

@@ -116,3 +116,5 @@ def test_runs_on_a_set_whose_groups_draw_at_two_widths(
     scores = {name: float(v) for name, v in re.findall(r"^  (.+?): (0\.\d{4})", out, re.M)}
     assert scores["as predicted"] < 0.95 < scores["group known"]
     assert scores["group from the image"] > 0.95
+    groups = dict(re.findall(r"^  (2016|2017) \((\d+) cases", out, re.M))
+    assert groups == {"2016": "2", "2017": "2"}
