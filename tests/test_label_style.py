@@ -118,3 +118,12 @@ def test_runs_on_a_set_whose_groups_draw_at_two_widths(
     assert scores["group from the image"] > 0.95
     groups = dict(re.findall(r"^  (2016|2017) \((\d+) cases", out, re.M))
     assert groups == {"2016": "2", "2017": "2"}
+    # every case at 2016's (wider) size: right for its own cases, too wide for 2017's, so it pays off only on a set
+    # with enough 2016 cases
+    assert scores["all at 2016's size"] < scores["group known"]
+    by_group = {g: dict(re.findall(r"(all at 2016's size|as predicted) ([01]\.\d{4})", line))
+                for g, line in re.findall(r"^  (2016|2017) (\(\d+ cases, .*)$", out, re.M)}
+    assert float(by_group["2016"]["all at 2016's size"]) > 0.95 > float(by_group["2016"]["as predicted"])
+    assert float(by_group["2017"]["all at 2016's size"]) < float(by_group["2017"]["as predicted"])
+    share = re.search(r"all at 2016's size beats as predicted on a set where more than (\d+)% of the cases", out)
+    assert share and 0 < int(share.group(1)) < 100
