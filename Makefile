@@ -140,8 +140,8 @@ bench-walk: $(DATA)/dataset.json
 
 # Two annotation styles in the shared set's labels (bundle/docs, "Why 0.90 is out of reach"): the cascade's vertebra
 # sizes against each source group's (the year in cases.tsv's file names) on a training fold, STYLE_FOLD, and on FOLD,
-# and the Dice with each vertebra scaled to its group's size, or every case to one group's (about 3 min here, after make evaluate for both folds,
-# run first where missing: about 2-4 min each).
+# and the Dice with each vertebra scaled to its group's size, or every case to one group's (about 3 min here, after
+# make evaluate for both folds, run first where missing: about 2-4 min each).
 STYLE_FOLD ?= $(if $(filter 1,$(FOLD)),0,1)
 STYLE_EVAL := $(OUT)/eval-fold$(STYLE_FOLD)
 bench-style: $(DATA)/dataset.json

@@ -175,9 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     for cid, p in tqdm(list(zip(held_cases, prob, strict=True)), desc="scaled"):
         pred, label = read_nifti(Path(args.eval_dir, "pred", f"{cid}_seg.nii.gz")).astype(np.uint8), labels[cid]
         guessed = np.exp(p * log_f[names[-1]] + (1 - p) * log_f[names[0]])
-        for name, factors in (("as predicted", (1.0, 1.0)), ("group known", fitted[groups[cid]]),
-                              ("group from the image", guessed), *one_size.items()):
+        for name, factors in (("as predicted", (1.0, 1.0)), ("group from the image", guessed), *one_size.items()):
             scores[name].append(mean_dice(scale_vertebrae(pred, tuple(factors), num), label, num))
+        scores["group known"].append(scores[f"all at {groups[cid]}'s size"][-1])  # the same factors, scored once
     base = np.array(scores["as predicted"])
     drawn = base > MIN_DICE
     print(f"fold {args.fold}, mean Dice over {base.size} cases "
@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> None:
         if gain > 0 and loss > 0:
             print(f"  {name} beats as predicted on a set where more than {loss / (gain + loss):.0%} of the cases are "
                   f"drawn in {g}'s style (+{gain:.4f} on them, -{loss:.4f} on the others)")
+        else:
+            print(f"  {name}: no share of {g}'s cases to break even at ({gain:+.4f} on them, {-loss:+.4f} on the "
+                  "others)")
 
 
 if __name__ == "__main__":
