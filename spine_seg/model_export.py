@@ -117,6 +117,7 @@ def inference_spec(bundle_dir: str | Path = DEFAULT_BUNDLE, num_classes: int | N
         refine_ratio=float(get("refine#ratio", 1.6)),
         refine_size=int(get("refine#size", 128)),
         refine_threshold=float(get("refine#threshold", 0.5)),
+        refine_mend_ends=bool(get("refine#mend_ends", False)),
     )
 
 

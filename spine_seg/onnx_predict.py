@@ -7,7 +7,8 @@ nearest resize back; then the box around those vertebrae (the bundle's ``SpineBo
 it leaves the image. Stage 2 (``model.onnx``): the same resize and scaling of the crop to the fine grid,
 network, softmax, bilinear resize of the probabilities back to the box and paste into the image
 (``Invertd``), argmax and the largest component per label. Stage 3 (``refine.onnx``, where exported): one square
-window per vertebra of that map, cut from the percentile-scaled image and resized to the stage's grid, network,
+window per vertebra of that map (an end vertebra that breaks the chain moved next to its neighbour where
+``refine_mend_ends`` is on), cut from the percentile-scaled image and resized to the stage's grid, network,
 the centre-class probability resized back and pasted; each pixel takes the vertebra of the highest probability
 over the threshold (the bundle's ``scripts/vertebra_windows.py``), and the largest component per label again. The
 parameters travel inside the ``.onnx`` file (metadata key :data:`SPEC_KEY`, written by :mod:`spine_seg.model_export`
@@ -36,8 +37,9 @@ GEOMETRY = Path(__file__).resolve().parents[1] / "bundle" / "scripts" / "vertebr
 
 
 def _load_geometry() -> Any:
-    """The bundle's stage-3 window geometry (``vertebra_windows``, ``window_overlap``, ``paste_best``), loaded from
-    its file: numpy and SciPy only, where the bundle's ``scripts`` package as a whole needs torch and MONAI."""
+    """The bundle's stage-3 window geometry (``vertebra_windows``, ``mend_end_windows``, ``window_overlap``,
+    ``paste_best``), loaded from its file: numpy and SciPy only, where the bundle's ``scripts`` package as a whole
+    needs torch and MONAI."""
     spec = importlib.util.spec_from_file_location("spine_seg_vertebra_geometry", GEOMETRY)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
@@ -45,8 +47,8 @@ def _load_geometry() -> Any:
 
 
 _geometry = _load_geometry()
-vertebra_windows, window_overlap, paste_best = (_geometry.vertebra_windows, _geometry.window_overlap,
-                                                _geometry.paste_best)
+vertebra_windows, mend_end_windows, window_overlap, paste_best = (
+    _geometry.vertebra_windows, _geometry.mend_end_windows, _geometry.window_overlap, _geometry.paste_best)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class InferenceSpec:
     refine_ratio: float = 1.6
     refine_size: int = 128
     refine_threshold: float = 0.5
+    refine_mend_ends: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -258,7 +261,10 @@ class OnnxSegmenter:
     def refine_labels(self, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Stage 3: ``labels`` (``R x C``) redrawn per vertebra on ``image`` (``R x C``); the labels are kept."""
         spec, size = self.spec, (self.spec.refine_size,) * 2
-        found = vertebra_windows(labels, max(spec.structure_labels, default=0), spec.refine_ratio)
+        num = max(spec.structure_labels, default=0)
+        found = vertebra_windows(labels, num, spec.refine_ratio)
+        if spec.refine_mend_ends:
+            found = mend_end_windows(labels, num, found)
         if not found:
             return np.zeros_like(labels)
         scaled, batch = scale_percentiles(image, spec), []

@@ -19,10 +19,12 @@ from spine_seg.evaluation_table import dice
 from spine_seg.predict import DEFAULT_BUNDLE
 
 sys.path.insert(0, str(DEFAULT_BUNDLE))
+from scripts.vertebra_geometry import GAP_RANGE, MIN_AREA_RATIO  # noqa: E402
 from scripts.vertebra_windows import (  # noqa: E402
     RefineVertebraed,
     VertebraWindowsd,
     cut_window,
+    mend_end_windows,
     paste_best,
     uncut_window,
     vertebra_windows,
@@ -46,6 +48,89 @@ def test_windows_cut_and_paste_back() -> None:
         assert patch.shape == (1, 32, 32)
         back = uncut_window(patch[0], window, label.shape)
         assert dice(paste_best([(k, back, window)], label.shape, 0.5) == k, label == k) > 0.95
+
+
+def _chain(rows: dict[int, int], shape: tuple[int, int] = (420, 200), height: int = 30) -> np.ndarray:
+    """Vertebra k as a ``height`` x 50 box whose top row is ``rows[k]``, its columns drifting 4 px per level (a
+    slight curve), so that a moved window has to follow the chain in both directions."""
+    label = np.zeros(shape, np.uint8)
+    for k, top in rows.items():
+        label[top : top + height, 60 + 4 * k : 110 + 4 * k] = k
+    return label
+
+
+REGULAR = {k: 20 + 40 * k for k in range(1, 7)}  # centres 40 px apart, rows 75 (1) to 275 (6)
+
+
+def test_a_regular_chain_keeps_its_windows() -> None:
+    label = _chain(REGULAR)
+    found = vertebra_windows(label, 6, 1.6)
+    assert mend_end_windows(label, 6, found) == found
+    short = _chain({k: REGULAR[k] for k in (1, 2, 3)})  # too few neighbours to judge an end by
+    assert mend_end_windows(short, 6, vertebra_windows(short, 6, 1.6)) == vertebra_windows(short, 6, 1.6)
+
+
+def _two_on_one(label: np.ndarray) -> np.ndarray:
+    """Label 1 drawn over the top 12 rows of body 2 instead of on body 1."""
+    out = np.where(label == 1, 0, label).astype(np.uint8)
+    out[REGULAR[2] : REGULAR[2] + 12][out[REGULAR[2] : REGULAR[2] + 12] == 2] = 1
+    return out
+
+
+@pytest.mark.parametrize(
+    ("case", "label"),
+    [
+        ("a body skipped above the chain", _chain({**REGULAR, 1: REGULAR[1] - 40})),  # gap 2 x the step
+        ("two labels on one body", _two_on_one(_chain(REGULAR))),  # gap 0.5 x the step
+        ("missing", _chain({k: r for k, r in REGULAR.items() if k != 1})),
+    ],
+)
+def test_an_end_vertebra_that_breaks_the_chain_is_moved_next_to_its_neighbour(case: str, label: np.ndarray) -> None:
+    found = vertebra_windows(label, 6, 1.6)
+    mended = mend_end_windows(label, 6, found)
+    assert list(mended) == [1, 2, 3, 4, 5, 6], "label order, also for an end that was missing"
+    step = np.subtract(found[2][:2], found[3][:2])
+    assert mended[1] == pytest.approx((*(np.add(found[2][:2], step)), found[2][2])), "one step on, neighbour's side"
+    true_centre = vertebra_windows(_chain(REGULAR), 6, 1.6)[1][:2]
+    # within half a step of the body it belongs on (the squeezed neighbour of "two labels on one body" moves it 0.35)
+    assert np.hypot(*np.subtract(mended[1][:2], true_centre)) < 0.5 * np.hypot(*step), case
+    assert {k: mended[k] for k in range(2, 7)} == {k: found[k] for k in range(2, 7)}
+
+
+def test_a_squeezed_end_is_moved_and_the_bottom_end_is_mended_too() -> None:
+    label = _chain(REGULAR)
+    label[label == 6] = 0
+    label[REGULAR[6] + 40 : REGULAR[6] + 46, 84:134] = 6  # a sliver a step too low: area and gap both off
+    squeezed = float((label == 6).sum()) / float((label == 5).sum())
+    assert squeezed < MIN_AREA_RATIO
+    mended = mend_end_windows(label, 6, vertebra_windows(label, 6, 1.6))
+    assert mended[6][:2] == pytest.approx(vertebra_windows(_chain(REGULAR), 6, 1.6)[6][:2], abs=1.0)
+
+
+def test_an_end_is_not_judged_against_an_irregular_chain() -> None:
+    """Where the end's neighbours are themselves unevenly spaced (a step outside GAP_RANGE of the next), the chain
+    gives no place to move the end to: it keeps its window, however far off it lies."""
+    rows = {**REGULAR, 1: REGULAR[1] - 40, 2: REGULAR[2] - 30}  # steps 70 and 40: 1.75 x
+    assert not GAP_RANGE[0] <= 70 / 40 <= GAP_RANGE[1]
+    label = _chain(rows)
+    found = vertebra_windows(label, 6, 1.6)
+    assert mend_end_windows(label, 6, found)[1] == found[1]
+
+
+def test_a_chain_with_a_body_skipped_in_its_middle_judges_neither_end() -> None:
+    """A gap in the middle of the chain makes its steps uneven, so its median step is no measure of where an end
+    belongs: the last vertebra, drawn half a step below its neighbour, keeps its window."""
+    rows = {k: r + (40 if k >= 3 else 0) for k, r in REGULAR.items()}  # a body skipped between 2 and 3
+    rows[6] = rows[5] + 20
+    label = _chain(rows)
+    found = vertebra_windows(label, 6, 1.6)
+    assert mend_end_windows(label, 6, found) == found
+
+
+def test_the_bundle_s_chain_limits_are_the_anatomy_checks() -> None:
+    from spine_seg import anatomy
+
+    assert (MIN_AREA_RATIO, GAP_RANGE) == (anatomy.MIN_AREA_RATIO, anatomy.GAP_RANGE)
 
 
 def test_a_window_wholly_outside_the_image_cuts_zeros_and_pastes_nothing() -> None:
@@ -153,6 +238,23 @@ def test_refinement_keeps_each_window_s_label() -> None:
     out = refine.refine(image, partial)
     assert not (out == 1).any() and dice(out == 2, label == 2) > 0.95 and dice(out == 3, label == 3) > 0.95
     assert not refine.refine(image, np.zeros_like(label)).any()
+
+
+def test_refinement_redraws_an_end_vertebra_next_to_its_neighbour_when_mending() -> None:
+    """The image holds the regular chain; the map puts label 1 a body too high (on an unlabelled one). Without
+    mending, stage 3 redraws it where it is; with ``mend_ends`` its window moves next to label 2 and the label
+    lands on the body there."""
+    truth = _chain(REGULAR)
+    image = (0.15 * truth).astype(np.float32)  # a value per body, 0.15 apart: _SameValue draws one body
+    image[REGULAR[1] - 40 : REGULAR[1] - 10, 64:114] = 0.95  # the unlabelled body above, a value of its own
+    skipped = _chain({**REGULAR, 1: REGULAR[1] - 40})
+    skipped[truth == 1] = 0
+    plain = RefineVertebraed("pred", "original", _SameValue(), "unused.pt", num_classes=7, size=64)
+    mending = RefineVertebraed("pred", "original", _SameValue(), "unused.pt", num_classes=7, size=64, mend_ends=True)
+    assert dice(plain.refine(image, skipped) == 1, truth == 1) == 0
+    out = mending.refine(image, skipped)
+    assert dice(out == 1, truth == 1) > 0.95
+    assert all(dice(out == k, truth == k) > 0.95 for k in range(2, 7))
 
 
 def test_refine_transform_loads_its_weights_and_keeps_the_map_s_metadata(tmp_path) -> None:

@@ -11,6 +11,11 @@ from scipy import ndimage
 
 Window = tuple[float, float, float]  # centre row, centre column, side; pixels
 
+# The limits of the anatomy checks (``spine_seg.anatomy``): a vertebra under MIN_AREA_RATIO x the case's median
+# vertebra area is squeezed, and centre gaps outside GAP_RANGE x the chain's own spacing skip or double a vertebra.
+MIN_AREA_RATIO = 0.5
+GAP_RANGE = (0.6, 1.5)
+
 
 def vertebra_windows(label: np.ndarray, num: int, ratio: float) -> dict[int, Window]:
     """Per structure 1..``num`` present in ``label`` (``R x C``): the centre of its bounding box (row, column) and
@@ -22,6 +27,41 @@ def vertebra_windows(label: np.ndarray, num: int, ratio: float) -> dict[int, Win
             out[k] = ((rows.start + rows.stop) / 2, (cols.start + cols.stop) / 2,
                       ratio * max(rows.stop - rows.start, cols.stop - cols.start))
     return out
+
+
+def mend_end_windows(label: np.ndarray, num: int, windows: dict[int, Window]) -> dict[int, Window]:
+    """``windows`` (:func:`vertebra_windows` of ``label``, ``R x C``) with the window of each end vertebra, 1 or
+    ``num``, that breaks an otherwise regular chain moved one step beyond its neighbour: centre ``n + (n - m)`` for
+    the window centres ``n`` of its neighbour and ``m`` of the next one, and the neighbour's side.
+
+    The chain is the run of vertebrae present from the neighbour on (at least three, so two steps); it is regular
+    when each of its steps lies within :data:`GAP_RANGE` x their median. Against a regular chain, an end breaks it
+    when it is missing, under :data:`MIN_AREA_RATIO` x the median vertebra area, or when its centre lies outside
+    :data:`GAP_RANGE` x the median step from its neighbour (a body skipped, or two labels on one body). Nothing is
+    renamed. Returns a new dict in label order; the other windows are unchanged."""
+    out = dict(windows)
+    areas = np.bincount(np.asarray(label, dtype=np.int64).ravel(), minlength=num + 1)[1 : num + 1]
+    if num < 4 or not areas.any():
+        return out
+    median_area = float(np.median(areas[areas > 0]))
+    centre = {k: np.array(w[:2]) for k, w in windows.items()}
+    for end, away in ((1, range(2, num + 1)), (num, range(num - 1, 0, -1))):
+        chain = []
+        for k in away:
+            if k not in windows:
+                break
+            chain.append(centre[k])
+        steps = np.hypot(*np.diff(chain, axis=0).T) if len(chain) >= 3 else np.zeros(0)
+        if steps.size < 2 or not np.all((steps >= GAP_RANGE[0] * np.median(steps))
+                                        & (steps <= GAP_RANGE[1] * np.median(steps))):
+            continue
+        pitch = float(np.median(steps))
+        if end in windows and areas[end - 1] >= MIN_AREA_RATIO * median_area and \
+                GAP_RANGE[0] <= float(np.hypot(*(centre[end] - chain[0]))) / pitch <= GAP_RANGE[1]:
+            continue
+        row, col = 2 * chain[0] - chain[1]
+        out[end] = (float(row), float(col), windows[away[0]][2])
+    return dict(sorted(out.items()))
 
 
 def window_overlap(window: Window, shape: Sequence[int]) -> tuple[int, tuple[slice, slice], tuple[slice, slice]]:
