@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-# A vertebra under this fraction of the case's median vertebra area is squeezed, or drawn over by a neighbour.
-MIN_AREA_RATIO = 0.5
-# Centroid gaps outside this range, in multiples of the case's median gap, mean a skipped or doubled vertebra.
-GAP_RANGE = (0.6, 1.5)
+from spine_seg.bundle_geometry import geometry
+
+# A vertebra under this fraction of the case's median vertebra area is squeezed, or drawn over by a neighbour; centroid
+# gaps outside this range, in multiples of the case's median gap, mean a skipped or doubled vertebra. One definition,
+# in the bundle's window geometry, whose stage 3 mends the ends of the chain by the same limits.
+MIN_AREA_RATIO: float = geometry.MIN_AREA_RATIO
+GAP_RANGE: tuple[float, float] = geometry.GAP_RANGE
 
 
 def structure_geometry(class_map: np.ndarray, num_structures: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,6 @@ from ``inference.json``).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -28,27 +27,16 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import erf
 
+from spine_seg.bundle_geometry import geometry
+
 SPEC_KEY = "spine_seg.inference"
 INPUT_NAME = "image"
 OUTPUT_NAME = "pred"
 # BasicUNet pools four times; the exported graph has no padding branch, so H and W must be multiples of 16.
 SIZE_MULTIPLE = 16
-GEOMETRY = Path(__file__).resolve().parents[1] / "bundle" / "scripts" / "vertebra_geometry.py"
 
-
-def _load_geometry() -> Any:
-    """The bundle's stage-3 window geometry (``vertebra_windows``, ``mend_end_windows``, ``window_overlap``,
-    ``paste_best``), loaded from its file: numpy and SciPy only, where the bundle's ``scripts`` package as a whole
-    needs torch and MONAI."""
-    spec = importlib.util.spec_from_file_location("spine_seg_vertebra_geometry", GEOMETRY)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-_geometry = _load_geometry()
 vertebra_windows, mend_end_windows, window_overlap, paste_best = (
-    _geometry.vertebra_windows, _geometry.mend_end_windows, _geometry.window_overlap, _geometry.paste_best)
+    geometry.vertebra_windows, geometry.mend_end_windows, geometry.window_overlap, geometry.paste_best)
 
 
 @dataclass(frozen=True)

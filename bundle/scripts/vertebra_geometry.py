@@ -11,8 +11,9 @@ from scipy import ndimage
 
 Window = tuple[float, float, float]  # centre row, centre column, side; pixels
 
-# The limits of the anatomy checks (``spine_seg.anatomy``): a vertebra under MIN_AREA_RATIO x the case's median
-# vertebra area is squeezed, and centre gaps outside GAP_RANGE x the chain's own spacing skip or double a vertebra.
+# The limits of the anatomy checks (``spine_seg.anatomy`` takes them from here): a vertebra under MIN_AREA_RATIO x the
+# case's median vertebra area is squeezed, and centre gaps outside GAP_RANGE x the chain's own spacing skip or double a
+# vertebra.
 MIN_AREA_RATIO = 0.5
 GAP_RANGE = (0.6, 1.5)
 
@@ -51,11 +52,12 @@ def mend_end_windows(label: np.ndarray, num: int, windows: dict[int, Window]) ->
             if k not in windows:
                 break
             chain.append(centre[k])
-        steps = np.hypot(*np.diff(chain, axis=0).T) if len(chain) >= 3 else np.zeros(0)
-        if steps.size < 2 or not np.all((steps >= GAP_RANGE[0] * np.median(steps))
-                                        & (steps <= GAP_RANGE[1] * np.median(steps))):
+        if len(chain) < 3:
             continue
+        steps = np.hypot(*np.diff(chain, axis=0).T)
         pitch = float(np.median(steps))
+        if not np.all((steps >= GAP_RANGE[0] * pitch) & (steps <= GAP_RANGE[1] * pitch)):
+            continue
         if end in windows and areas[end - 1] >= MIN_AREA_RATIO * median_area and \
                 GAP_RANGE[0] <= float(np.hypot(*(centre[end] - chain[0]))) / pitch <= GAP_RANGE[1]:
             continue
