@@ -12,7 +12,7 @@ from spine_seg.bundle_geometry import geometry
 
 # A vertebra under this fraction of the case's median vertebra area is squeezed, or drawn over by a neighbour; centroid
 # gaps outside this range, in multiples of the case's median gap, mean a skipped or doubled vertebra. One definition,
-# in the bundle's window geometry, whose stage 3 mends the ends of the chain by the same limits.
+# in the bundle's window geometry, whose stage 3 mends the chain (its ends, a squeezed middle vertebra) by them.
 MIN_AREA_RATIO: float = geometry.MIN_AREA_RATIO
 GAP_RANGE: tuple[float, float] = geometry.GAP_RANGE
 

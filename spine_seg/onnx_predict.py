@@ -8,8 +8,9 @@ it leaves the image. Stage 2 (``model.onnx``): the same resize and scaling of th
 network, softmax, bilinear resize of the probabilities back to the box and paste into the image
 (``Invertd``), argmax and the largest component per label. Stage 3 (``refine.onnx``, where exported): one square
 window per vertebra of that map (an end vertebra that breaks the chain moved next to its neighbour where
-``refine_mend_ends`` is on), cut from the percentile-scaled image and resized to the stage's grid, network,
-the centre-class probability resized back and pasted; each pixel takes the vertebra of the highest probability
+``refine_mend_ends`` is on, a squeezed middle one to its neighbours' midpoint where ``refine_mend_middle`` is),
+cut from the percentile-scaled image and resized to the stage's grid, network, the centre-class probability resized
+back and pasted; each pixel takes the vertebra of the highest probability
 over the threshold (the bundle's ``scripts/vertebra_windows.py``), and the largest component per label again. The
 parameters travel inside the ``.onnx`` file (metadata key :data:`SPEC_KEY`, written by :mod:`spine_seg.model_export`
 from ``inference.json``).
@@ -35,8 +36,9 @@ OUTPUT_NAME = "pred"
 # BasicUNet pools four times; the exported graph has no padding branch, so H and W must be multiples of 16.
 SIZE_MULTIPLE = 16
 
-vertebra_windows, mend_end_windows, window_overlap, paste_best = (
-    geometry.vertebra_windows, geometry.mend_end_windows, geometry.window_overlap, geometry.paste_best)
+vertebra_windows, mend_end_windows, mend_middle_windows, window_overlap, paste_best = (
+    geometry.vertebra_windows, geometry.mend_end_windows, geometry.mend_middle_windows, geometry.window_overlap,
+    geometry.paste_best)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class InferenceSpec:
     refine_size: int = 128
     refine_threshold: float = 0.5
     refine_mend_ends: bool = False
+    refine_mend_middle: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -253,6 +256,8 @@ class OnnxSegmenter:
         found = vertebra_windows(labels, num, spec.refine_ratio)
         if spec.refine_mend_ends:
             found = mend_end_windows(labels, num, found)
+        if spec.refine_mend_middle:
+            found = mend_middle_windows(labels, num, found)
         if not found:
             return np.zeros_like(labels)
         scaled, batch = scale_percentiles(image, spec), []

@@ -146,16 +146,18 @@ def test_onnx_stage_3_redraws_the_vertebrae_as_the_bundle_does(exported_model: d
     weights = DEFAULT_BUNDLE / "models" / "refine.pt"
     bundle = RefineVertebraed("pred", "original", load_network(weights, net_id="refine_network_def"), str(weights),
                               ratio=spec.refine_ratio, size=spec.refine_size, threshold=spec.refine_threshold,
-                              mend_ends=spec.refine_mend_ends)
+                              mend_ends=spec.refine_mend_ends, mend_middle=spec.refine_mend_middle)
     image, labels = make_phantom((400, 180), seed=4)
     scaled = ScaleIntensityRangePercentiles(spec.lower, spec.upper, spec.b_min, spec.b_max, clip=spec.clip)(
         image[None].astype(np.float32))[0].numpy()
-    no_top = np.where(labels == 1, 0, labels).astype(np.uint8)  # the top vertebra missing: mended where that is on
-    for case in (labels, no_top):
+    # the top vertebra missing, or a middle one: each drawn again where its mend is on
+    cases = [(labels, 0, True), (np.where(labels == 1, 0, labels).astype(np.uint8), 1, spec.refine_mend_ends),
+             (np.where(labels == 3, 0, labels).astype(np.uint8), 3, spec.refine_mend_middle)]
+    for case, gone, mended in cases:
         by_torch, by_onnx = bundle.refine(scaled, case), segmenter.refine_labels(image.astype(np.float32), case)
         assert by_onnx.dtype == np.uint8 and by_onnx.shape == labels.shape
         assert len(np.unique(by_torch)) >= 4, "a near-empty map would make the comparison meaningless"
-        assert (by_torch == 1).any() == spec.refine_mend_ends or case is labels
+        assert (by_torch == gone).any() == mended or not gone
         agreement = float((by_torch == by_onnx).mean())
         assert agreement >= 0.999, f"only {agreement:.2%} of pixels agree"
 
@@ -164,11 +166,11 @@ def test_onnx_backend_agrees_with_torch_backend(
     exported_model: dict[str, Path], onnx_predicted: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """Both backends from DICOM to ``.npy``, the whole pipeline. The fixture's stage 2 is random (seed 0), so its
-    map is noise, spread over the whole image; the chain-end mend (a discrete rule on that map's windows) flips on
-    sub-pixel differences there, so it is compared here with the mend off on both sides (the fixture's own ONNX
-    run, with it on, serves the other tests). The mend itself is compared between the backends on a phantom's own
-    label map below, and on the 127 real test radiographs the two agree on at least 99.98 % of pixels with it on
-    (bundle/docs, "Mending an end of the chain")."""
+    map is noise, spread over the whole image; the chain mends (discrete rules on that map's windows) flip on
+    sub-pixel differences there, so the pipeline is compared here with them off on both sides (the fixture's own
+    ONNX run, with them on, serves the other tests). The mends themselves are compared between the backends on a
+    phantom's own label map above, and on the 127 real test radiographs the two agree on at least 99.98 % of pixels
+    with them on (bundle/docs, "Mending an end of the chain")."""
     import onnx
 
     raw, _ = onnx_predicted
@@ -180,13 +182,13 @@ def test_onnx_backend_agrees_with_torch_backend(
     model = onnx.load(exported_model["onnx"])
     (prop,) = [p for p in model.metadata_props if p.key == SPEC_KEY]
     spec = json.loads(prop.value)
-    assert spec["refine_mend_ends"] is True, "the exported spec carries inference.json's switch"
-    prop.value = json.dumps({**spec, "refine_mend_ends": False})
+    assert spec["refine_mend_ends"] is spec["refine_mend_middle"] is True, "the spec carries inference.json's switches"
+    prop.value = json.dumps({**spec, "refine_mend_ends": False, "refine_mend_middle": False})
     onnx.save(model, models / "model.onnx")
     onnx_report = predict(images, tmp_path / "onnx", overlays=False, progress=False, backend="onnx",
                           onnx_model=models / "model.onnx")
     torch_report = predict(images, tmp_path / "torch", overlays=False, progress=False,
-                           ckpt_path=str(exported_model["ckpt"]), refine_mend_ends=False)
+                           ckpt_path=str(exported_model["ckpt"]), refine_mend_ends=False, refine_mend_middle=False)
     assert not torch_report.bad and not onnx_report.bad and len(torch_report.written) == len(images) == 2
     for image in images:
         by_torch = np.load(tmp_path / "torch" / f"{image.stem}.npy")

@@ -25,6 +25,7 @@ from scripts.vertebra_windows import (  # noqa: E402
     VertebraWindowsd,
     cut_window,
     mend_end_windows,
+    mend_middle_windows,
     paste_best,
     uncut_window,
     vertebra_windows,
@@ -125,6 +126,40 @@ def test_a_chain_with_a_body_skipped_in_its_middle_judges_neither_end() -> None:
     label = _chain(rows)
     found = vertebra_windows(label, 6, 1.6)
     assert mend_end_windows(label, 6, found) == found
+
+
+def _squeezed(label: np.ndarray, k: int, rows: int = 8) -> np.ndarray:
+    """Vertebra ``k`` of ``label`` cut to its top ``rows`` rows: a sliver under MIN_AREA_RATIO of the others."""
+    out = label.copy()
+    out[(out == k) & (np.arange(out.shape[0])[:, None] >= REGULAR[k] + rows)] = 0
+    return out
+
+
+@pytest.mark.parametrize("case", ["squeezed", "missing"])
+def test_a_middle_vertebra_between_neighbours_a_body_apart_is_moved_to_their_midpoint(case: str) -> None:
+    regular = _chain(REGULAR)
+    label = _squeezed(regular, 3) if case == "squeezed" else np.where(regular == 3, 0, regular).astype(np.uint8)
+    assert float((label == 3).sum()) < MIN_AREA_RATIO * float((label == 2).sum())
+    found = vertebra_windows(label, 6, 1.6)
+    mended = mend_middle_windows(label, 6, found)
+    assert list(mended) == [1, 2, 3, 4, 5, 6], "label order, also for a vertebra that was missing"
+    midpoint = np.add(found[2][:2], found[4][:2]) / 2
+    assert mended[3] == pytest.approx((*midpoint, (found[2][2] + found[4][2]) / 2)), "midpoint, neighbours' side"
+    assert mended[3] == pytest.approx(vertebra_windows(regular, 6, 1.6)[3], abs=1.0), "where the body is"
+    assert {k: mended[k] for k in (1, 2, 4, 5, 6)} == {k: found[k] for k in (1, 2, 4, 5, 6)}
+
+
+def test_a_middle_vertebra_is_left_alone_where_the_chain_gives_no_room_or_it_is_whole() -> None:
+    regular = _chain(REGULAR)
+    found = vertebra_windows(regular, 6, 1.6)
+    assert mend_middle_windows(regular, 6, found) == found, "a regular chain"
+    # neighbours one step apart (label 2 drawn on body 3's place too): no body between them to move 3 onto
+    crowded = _squeezed(_chain({**REGULAR, 2: REGULAR[2] + 25, 4: REGULAR[4] - 25}), 3)
+    found = vertebra_windows(crowded, 6, 1.6)
+    assert mend_middle_windows(crowded, 6, found) == found
+    # the end vertebrae are mend_end_windows' to judge, whatever their size
+    ends = _squeezed(regular, 1)
+    assert mend_middle_windows(ends, 6, vertebra_windows(ends, 6, 1.6)) == vertebra_windows(ends, 6, 1.6)
 
 
 def test_the_bundle_s_chain_limits_are_the_anatomy_checks() -> None:
@@ -255,6 +290,22 @@ def test_refinement_redraws_an_end_vertebra_next_to_its_neighbour_when_mending()
     out = mending.refine(image, skipped)
     assert dice(out == 1, truth == 1) > 0.95
     assert all(dice(out == k, truth == k) > 0.95 for k in range(2, 7))
+
+
+def test_refinement_redraws_a_squeezed_middle_vertebra_on_its_body_when_mending() -> None:
+    """The map has label 3 as a sliver in the gap above its body; without ``mend_middle`` stage 3 redraws it where
+    the sliver is (its window centred off the body) and misses the body; with it, the window sits between labels 2
+    and 4 and the body is drawn whole."""
+    truth = _chain(REGULAR)
+    image = (0.15 * truth).astype(np.float32)
+    squeezed = np.where(truth == 3, 0, truth).astype(np.uint8)
+    squeezed[REGULAR[3] - 10 : REGULAR[3] - 2, 72:122] = 3  # 8 rows between bodies 2 and 3, body 3's columns
+    plain = RefineVertebraed("pred", "original", _SameValue(), "unused.pt", num_classes=7, size=64, mend_ends=True)
+    mending = RefineVertebraed("pred", "original", _SameValue(), "unused.pt", num_classes=7, size=64, mend_ends=True,
+                               mend_middle=True)
+    assert dice(plain.refine(image, squeezed) == 3, truth == 3) < 0.8
+    out = mending.refine(image, squeezed)
+    assert all(dice(out == k, truth == k) > 0.95 for k in range(1, 7))
 
 
 def test_refine_transform_loads_its_weights_and_keeps_the_map_s_metadata(tmp_path) -> None:

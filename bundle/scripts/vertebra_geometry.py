@@ -30,6 +30,13 @@ def vertebra_windows(label: np.ndarray, num: int, ratio: float) -> dict[int, Win
     return out
 
 
+def squeezed_vertebrae(label: np.ndarray, num: int) -> np.ndarray | None:
+    """Per structure 1..``num`` of ``label`` (``R x C``): whether it is missing or under :data:`MIN_AREA_RATIO` x the
+    median area of those present (``num`` booleans); None where none is present."""
+    areas = np.bincount(np.asarray(label, dtype=np.int64).ravel(), minlength=num + 1)[1 : num + 1]
+    return areas < MIN_AREA_RATIO * float(np.median(areas[areas > 0])) if areas.any() else None
+
+
 def mend_end_windows(label: np.ndarray, num: int, windows: dict[int, Window]) -> dict[int, Window]:
     """``windows`` (:func:`vertebra_windows` of ``label``, ``R x C``) with the window of each end vertebra, 1 or
     ``num``, that breaks an otherwise regular chain moved one step beyond its neighbour: centre ``n + (n - m)`` for
@@ -40,11 +47,9 @@ def mend_end_windows(label: np.ndarray, num: int, windows: dict[int, Window]) ->
     when it is missing, under :data:`MIN_AREA_RATIO` x the median vertebra area, or when its centre lies outside
     :data:`GAP_RANGE` x the median step from its neighbour (a body skipped, or two labels on one body). Nothing is
     renamed. Returns a new dict in label order; the other windows are unchanged."""
-    out = dict(windows)
-    areas = np.bincount(np.asarray(label, dtype=np.int64).ravel(), minlength=num + 1)[1 : num + 1]
-    if num < 4 or not areas.any():
+    out, squeezed = dict(windows), squeezed_vertebrae(label, num)
+    if num < 4 or squeezed is None:
         return out
-    median_area = float(np.median(areas[areas > 0]))
     centre = {k: np.array(w[:2]) for k, w in windows.items()}
     for end, away in ((1, range(2, num + 1)), (num, range(num - 1, 0, -1))):
         chain = []
@@ -58,11 +63,37 @@ def mend_end_windows(label: np.ndarray, num: int, windows: dict[int, Window]) ->
         pitch = float(np.median(steps))
         if not np.all((steps >= GAP_RANGE[0] * pitch) & (steps <= GAP_RANGE[1] * pitch)):
             continue
-        if end in windows and areas[end - 1] >= MIN_AREA_RATIO * median_area and \
+        if end in windows and not squeezed[end - 1] and \
                 GAP_RANGE[0] <= float(np.hypot(*(centre[end] - chain[0]))) / pitch <= GAP_RANGE[1]:
             continue
         row, col = 2 * chain[0] - chain[1]
         out[end] = (float(row), float(col), windows[away[0]][2])
+    return dict(sorted(out.items()))
+
+
+def mend_middle_windows(label: np.ndarray, num: int, windows: dict[int, Window]) -> dict[int, Window]:
+    """``windows`` (:func:`vertebra_windows` of ``label``, ``R x C``, possibly mended by :func:`mend_end_windows`)
+    with the window of each middle vertebra, 2 to ``num - 1``, that is missing or under :data:`MIN_AREA_RATIO` x the
+    median vertebra area, and whose two neighbours' centres lie :data:`GAP_RANGE` x two median steps apart, moved to
+    the midpoint of its neighbours' centres, with the mean of their sides.
+
+    The median step is that between the centres of consecutive vertebrae present. Such a vertebra is squeezed
+    between its neighbours (or stage 2 left its body unlabelled) while they leave room for one body between them.
+    Nothing is renamed. Returns a new dict in label order; the other windows are unchanged."""
+    out, squeezed = dict(windows), squeezed_vertebrae(label, num)
+    if num < 3 or squeezed is None:
+        return out
+    centre = {k: np.array(w[:2]) for k, w in windows.items()}
+    steps = [float(np.hypot(*(centre[k + 1] - centre[k]))) for k in range(1, num) if k in centre and k + 1 in centre]
+    if not steps:
+        return out
+    pitch = float(np.median(steps))
+    for k in range(2, num):
+        if k - 1 not in windows or k + 1 not in windows or not squeezed[k - 1]:
+            continue
+        if GAP_RANGE[0] <= float(np.hypot(*(centre[k + 1] - centre[k - 1]))) / (2 * pitch) <= GAP_RANGE[1]:
+            row, col = (centre[k - 1] + centre[k + 1]) / 2
+            out[k] = (float(row), float(col), (windows[k - 1][2] + windows[k + 1][2]) / 2)
     return dict(sorted(out.items()))
 
 

@@ -8,7 +8,8 @@ around the expert vertebrae (:class:`VertebraWindowsd`, one sample per vertebra,
 stage 2's label map, resizes the centre-class probabilities back and gives each pixel the vertebra of the highest
 probability where that is over ``threshold`` (``paste_best``, window by window). Nothing is renamed: each window
 keeps the label stage 2 gave it. With ``mend_ends``, an end vertebra that breaks an otherwise regular chain has its
-window moved one step beyond its neighbour first (``mend_end_windows``).
+window moved one step beyond its neighbour first (``mend_end_windows``); with ``mend_middle``, a squeezed or missing
+middle vertebra has it moved to the midpoint of its neighbours (``mend_middle_windows``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Resize, ScaleIntensityRangePercentiles
 
-from .vertebra_geometry import Window, mend_end_windows, paste_best, vertebra_windows, window_overlap
+from .vertebra_geometry import (
+    Window,
+    mend_end_windows,
+    mend_middle_windows,
+    paste_best,
+    vertebra_windows,
+    window_overlap,
+)
 from .weights import load_network
 
 
@@ -89,17 +97,19 @@ class RefineVertebraed(MapTransform):
     cuts it, segmented, and the centre-class probability pasted back; each pixel takes the vertebra of the highest
     probability where that is over ``threshold``, else background. The labels are stage 2's. With ``mend_ends``, the
     window of an end vertebra (1 or the last) that breaks an otherwise regular chain goes one step beyond its
-    neighbour instead (:func:`mend_end_windows`). ``network`` gets the weights of ``ckpt_path`` on first use. The
+    neighbour instead (:func:`mend_end_windows`); with ``mend_middle``, that of a middle vertebra squeezed (or
+    missing) between neighbours one body apart goes to their midpoint (:func:`mend_middle_windows`, after the ends).
+    ``network`` gets the weights of ``ckpt_path`` on first use. The
     map keeps its type, metadata and shape.
     """
 
     def __init__(self, keys: KeysCollection, image_key: str, network: torch.nn.Module, ckpt_path: str,
                  num_classes: int = 7, ratio: float = 1.6, size: int = 128, threshold: float = 0.5,
                  percentiles: Sequence[float] = (0.5, 99.5), device: str | torch.device = "cpu",
-                 mend_ends: bool = False, allow_missing_keys: bool = False) -> None:
+                 mend_ends: bool = False, mend_middle: bool = False, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.image_key, self.network, self.ckpt_path = image_key, network, str(ckpt_path)
-        self.mend_ends = bool(mend_ends)
+        self.mend_ends, self.mend_middle = bool(mend_ends), bool(mend_middle)
         self.num, self.ratio, self.size, self.threshold = num_classes - 1, float(ratio), int(size), float(threshold)
         self.scale = ScaleIntensityRangePercentiles(*percentiles, b_min=0.0, b_max=1.0, clip=True)
         self.device = torch.device(device)
@@ -111,6 +121,8 @@ class RefineVertebraed(MapTransform):
         found = vertebra_windows(labels, self.num, self.ratio)
         if self.mend_ends:
             found = mend_end_windows(labels, self.num, found)
+        if self.mend_middle:
+            found = mend_middle_windows(labels, self.num, found)
         if not found:
             return np.zeros_like(labels, dtype=np.uint8)
         windows = list(found.values())
