@@ -77,9 +77,9 @@ def mend_middle_windows(label: np.ndarray, num: int, windows: dict[int, Window])
     median vertebra area, and whose two neighbours' centres lie :data:`GAP_RANGE` x two median steps apart, moved to
     the midpoint of its neighbours' centres, with the mean of their sides.
 
-    The median step is that between the centres of consecutive vertebrae present. Such a vertebra is squeezed
-    between its neighbours (or stage 2 left its body unlabelled) while they leave room for one body between them.
-    Nothing is renamed. Returns a new dict in label order; the other windows are unchanged."""
+    The median step is taken over the pairs of consecutive vertebrae that are both present. Such a vertebra is
+    squeezed between its neighbours (or stage 2 left its body unlabelled) while they leave room for one body between
+    them. Nothing is renamed. Returns a new dict in label order; the other windows are unchanged."""
     out, squeezed = dict(windows), squeezed_vertebrae(label, num)
     if num < 3 or squeezed is None:
         return out

@@ -98,9 +98,9 @@ class RefineVertebraed(MapTransform):
     probability where that is over ``threshold``, else background. The labels are stage 2's. With ``mend_ends``, the
     window of an end vertebra (1 or the last) that breaks an otherwise regular chain goes one step beyond its
     neighbour instead (:func:`mend_end_windows`); with ``mend_middle``, that of a middle vertebra squeezed (or
-    missing) between neighbours one body apart goes to their midpoint (:func:`mend_middle_windows`, after the ends).
-    ``network`` gets the weights of ``ckpt_path`` on first use. The
-    map keeps its type, metadata and shape.
+    missing) between neighbours that leave room for one body goes to their midpoint (:func:`mend_middle_windows`,
+    after the ends). ``network`` gets the weights of ``ckpt_path`` on first use. The map keeps its type, metadata
+    and shape.
     """
 
     def __init__(self, keys: KeysCollection, image_key: str, network: torch.nn.Module, ckpt_path: str,
