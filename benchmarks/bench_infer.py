@@ -3,8 +3,8 @@
 Stages timed separately per image: load (DICOM decode + preprocessing), stage 1 (the coarse network that
 finds the vertebrae, inside the preprocessing), inference (the fine network on the crop's grid), restore
 (softmax, Invertd to the original grid, argmax, largest component), stage 3 (the per-vertebra network that redraws
-each vertebra in its own window, and the largest component again), checks (the plausibility checks that
-``spine-seg predict`` runs on each mask) and export (.npy).
+each vertebra in its own window, and the largest component again), convex (each vertebra grown to its convex hull),
+checks (the plausibility checks that ``spine-seg predict`` runs on each mask) and export (.npy).
 Then the same images through the ONNX backend (``spine-seg predict --backend onnx``: onnxruntime and numpy),
 DICOM -> checks -> .npy. Also times sliding-window inference at native resolution to show what the working-grid design
 saves.
@@ -68,6 +68,7 @@ def main() -> None:
     restore.append(config.get_parsed_content("largest_component"))
     refine = [config.get_parsed_content(k) for k in ("refine", "largest_component")] \
         if config.get_parsed_content("refine_vertebrae") else []
+    convex = [config.get_parsed_content("convex")] if config.get_parsed_content("convex_vertebrae") else []
     fmt = ExportFormat()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
@@ -84,7 +85,7 @@ def main() -> None:
                 write_dicom(images[-1], image, transfer_syntax="jpeg-baseline")
             print(f"{len(images)} phantom radiographs of 3000 x 2500 px (JPEG baseline) on {device}")
         times: dict[str, list[float]] = {
-            k: [] for k in ("load", "stage 1", "inference", "restore", "stage 3", "checks", "export")
+            k: [] for k in ("load", "stage 1", "inference", "restore", "stage 3", "convex", "checks", "export")
         }
         for i, path in enumerate(images):
             t0 = time.perf_counter()
@@ -107,13 +108,16 @@ def main() -> None:
                 t3 = time.perf_counter()
                 for transform in refine:
                     data = transform(data)
+                t4 = time.perf_counter()
+                for transform in convex:
+                    data = transform(data)
             class_map = data["pred"][0].cpu().numpy().astype(np.uint8)
-            t4 = time.perf_counter()
-            plausibility_problems(class_map, config["num_classes"] - 1)
             t5 = time.perf_counter()
-            save_npy(tmp_dir / f"{i}.npy", class_map_to_challenge(class_map, fmt))
+            plausibility_problems(class_map, config["num_classes"] - 1)
             t6 = time.perf_counter()
-            steps = (t1 - t0 - coarse, coarse, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)
+            save_npy(tmp_dir / f"{i}.npy", class_map_to_challenge(class_map, fmt))
+            t7 = time.perf_counter()
+            steps = (t1 - t0 - coarse, coarse, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6)
             for key, dt in zip(times, steps, strict=True):
                 times[key].append(dt)
         total = np.sum([times[k] for k in times], axis=0)

@@ -119,6 +119,7 @@ def inference_spec(bundle_dir: str | Path = DEFAULT_BUNDLE, num_classes: int | N
         refine_threshold=float(get("refine#threshold", 0.5)),
         refine_mend_ends=bool(get("refine#mend_ends", False)),
         refine_mend_middle=bool(get("refine#mend_middle", False)),
+        convex_vertebrae=bool(get("convex_vertebrae", False)),
     )
 
 

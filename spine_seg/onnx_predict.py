@@ -10,10 +10,11 @@ network, softmax, bilinear resize of the probabilities back to the box and paste
 window per vertebra of that map (an end vertebra that breaks the chain moved next to its neighbour where
 ``refine_mend_ends`` is on, a squeezed middle one to its neighbours' midpoint where ``refine_mend_middle`` is),
 cut from the percentile-scaled image and resized to the stage's grid, network, the centre-class probability resized
-back and pasted; each pixel takes the vertebra of the highest probability
-over the threshold (the bundle's ``scripts/vertebra_windows.py``), and the largest component per label again. The
-parameters travel inside the ``.onnx`` file (metadata key :data:`SPEC_KEY`, written by :mod:`spine_seg.model_export`
-from ``inference.json``).
+back and pasted; each pixel takes the vertebra of the highest probability over the threshold (the bundle's
+``scripts/vertebra_windows.py``), and the largest component per label again. Last, where ``convex_vertebrae`` is on,
+each vertebra grows to its convex hull over the background (``scripts/class_map.py``). The parameters travel
+inside the ``.onnx`` file (metadata key :data:`SPEC_KEY`, written by :mod:`spine_seg.model_export` from
+``inference.json``).
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ OUTPUT_NAME = "pred"
 # BasicUNet pools four times; the exported graph has no padding branch, so H and W must be multiples of 16.
 SIZE_MULTIPLE = 16
 
-vertebra_windows, mend_end_windows, mend_middle_windows, window_overlap, paste_best = (
+vertebra_windows, mend_end_windows, mend_middle_windows, window_overlap, paste_best, convex_labels = (
     geometry.vertebra_windows, geometry.mend_end_windows, geometry.mend_middle_windows, geometry.window_overlap,
-    geometry.paste_best)
+    geometry.paste_best, geometry.convex_labels)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class InferenceSpec:
     refine_threshold: float = 0.5
     refine_mend_ends: bool = False
     refine_mend_middle: bool = False
+    convex_vertebrae: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -283,4 +285,6 @@ class OnnxSegmenter:
         full = np.zeros((probs.shape[0], *image.shape), dtype=np.float32)
         full[(slice(None), *in_image)] = resize_linear(probs, crop.shape)[(slice(None), *in_box)]
         labels = self._keep_largest(full.argmax(axis=0).astype(np.uint8))
-        return labels if self.refine is None else self._keep_largest(self.refine_labels(image, labels))
+        if self.refine is not None:
+            labels = self._keep_largest(self.refine_labels(image, labels))
+        return convex_labels(labels, spec.structure_labels) if spec.convex_vertebrae else labels

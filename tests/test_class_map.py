@@ -1,5 +1,6 @@
 """Class maps at the original size (bundle/scripts/class_map.py): the same as MONAI's AsDiscrete(argmax) and
-KeepLargestConnectedComponent, which they replace in the bundle's postprocessing."""
+KeepLargestConnectedComponent, which they replace in the bundle's postprocessing; and each vertebra grown to its
+convex hull (ConvexPerLabeld, on vertebra_geometry.convex_labels)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ from monai.transforms import AsDiscrete, KeepLargestConnectedComponent
 from spine_seg.predict import DEFAULT_BUNDLE
 
 sys.path.insert(0, str(DEFAULT_BUNDLE))
-from scripts.class_map import ClassArgMax, ClassArgMaxd, KeepLargestPerLabel, KeepLargestPerLabeld  # noqa: E402
+from scripts.class_map import (  # noqa: E402
+    ClassArgMax,
+    ClassArgMaxd,
+    ConvexPerLabel,
+    ConvexPerLabeld,
+    KeepLargestPerLabel,
+    KeepLargestPerLabeld,
+)
+from scripts.vertebra_geometry import convex_labels  # noqa: E402
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -52,9 +61,61 @@ def test_largest_component_per_label_is_monai_s(dtype: torch.dtype) -> None:
         assert torch.equal(out[image == 4], image[image == 4])
 
 
-def test_largest_component_per_label_rejects_the_background() -> None:
+@pytest.mark.parametrize("transform", [KeepLargestPerLabel, ConvexPerLabel])
+def test_per_label_transforms_reject_the_background(transform: type) -> None:
     with pytest.raises(ValueError, match="0 is background"):
-        KeepLargestPerLabel([0, 1])
+        transform([0, 1])
+
+
+def _quadrilateral(shape: tuple[int, int], corners: list[tuple[float, float]]) -> np.ndarray:
+    """The pixels whose centres lie inside the convex polygon through ``corners`` (row, column; anticlockwise on
+    the screen): a digital convex set, as the expert masks are."""
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    inside = np.ones(shape, bool)
+    for (r0, c0), (r1, c1) in zip(corners, corners[1:] + corners[:1], strict=True):
+        inside &= (r1 - r0) * (cols - c0) - (c1 - c0) * (rows - r0) <= 1e-9
+    return inside
+
+
+def test_convex_hull_fills_a_vertebra_s_notches_over_the_background_only() -> None:
+    label = np.zeros((60, 50), np.uint8)
+    label[10:30, 10:40] = 1
+    label[14:26, 25:40] = 0  # a notch on the right: the hull fills it
+    label[16:24, 32:40] = 2  # except where another vertebra lies
+    label[40:50, 10:20], label[40:50, 30:40], label[44:46, 20:30] = 3, 3, 0  # a dumbbell: its waist is filled
+    before = label.copy()
+    out = convex_labels(label, [1, 2, 3, 5])  # 5 absent
+    assert np.array_equal(label, before), "the input is not modified"
+    assert out.dtype == label.dtype
+    assert (out[10:30, 10:40] == 1).sum() == 20 * 30 - 8 * 8 and np.array_equal(out == 2, before == 2)
+    assert (out[40:50, 10:40] == 3).all()
+    assert (out != before).sum() == (12 * 15 - 8 * 8) + 10 * 10, "the notch and the waist, nothing else"
+
+
+def test_a_convex_vertebra_is_left_as_it_is_and_the_upper_one_keeps_a_shared_pixel() -> None:
+    tilted = _quadrilateral((80, 70), [(10.0, 12.0), (14.5, 55.0), (37.0, 52.3), (33.2, 9.1)])
+    label = tilted.astype(np.uint8)
+    assert np.array_equal(convex_labels(label, [1]), label), "a digital convex set is its own hull"
+    # two labels of two blobs each, on crossing diagonals: where their hulls cross, the upper vertebra (1) wins
+    two = np.zeros((40, 40), np.uint8)
+    two[10:14, 0:5], two[20:24, 30:35] = 1, 1
+    two[20:24, 0:5], two[10:14, 30:35] = 2, 2
+    out = convex_labels(two, [1, 2])
+    assert out[17, 17] == 1 and out[20, 7] == 2 and out[13, 7] == 1
+    line = np.zeros((20, 20), np.uint8)
+    line[5, 3:15] = 1  # no area to fill: left as it is
+    assert np.array_equal(convex_labels(line, [1]), line)
+
+
+def test_convex_transform_keeps_the_map_s_type_and_metadata() -> None:
+    array = np.zeros((1, 40, 30), np.uint8)
+    array[0, 5:20, 5:10], array[0, 15:20, 5:25] = 1, 1
+    image = MetaTensor(torch.as_tensor(array), meta={"case": "L"})
+    out = ConvexPerLabeld("pred", [1])({"pred": image})["pred"]
+    assert isinstance(out, MetaTensor) and out.meta["case"] == "L"
+    assert out.dtype == torch.uint8 and out.shape == image.shape
+    assert torch.equal(image.as_tensor(), torch.as_tensor(array)), "the input is not modified"
+    assert np.array_equal(out[0].numpy(), convex_labels(array[0], [1])) and int(out.sum()) > int(array.sum())
 
 
 def test_the_bundle_s_postprocessing_uses_them(bundle_config: Callable[..., ConfigParser]) -> None:
@@ -64,3 +125,7 @@ def test_the_bundle_s_postprocessing_uses_them(bundle_config: Callable[..., Conf
         largest = config.get_parsed_content(f"{prefix}largest_component")
         assert isinstance(largest, KeepLargestPerLabeld)
         assert largest.converter.applied_labels == list(range(1, config.get_parsed_content("num_classes")))
+        convex = config.get_parsed_content(f"{prefix}convex")
+        assert isinstance(convex, ConvexPerLabeld)
+        assert convex.converter.applied_labels == largest.converter.applied_labels
+        assert config.get_parsed_content("convex_vertebrae") is True

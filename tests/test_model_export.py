@@ -183,6 +183,7 @@ def test_onnx_backend_agrees_with_torch_backend(
     (prop,) = [p for p in model.metadata_props if p.key == SPEC_KEY]
     spec = json.loads(prop.value)
     assert spec["refine_mend_ends"] is spec["refine_mend_middle"] is True, "the spec carries inference.json's switches"
+    assert spec["convex_vertebrae"] is True, "and the convex outlines' switch, which this comparison keeps on"
     prop.value = json.dumps({**spec, "refine_mend_ends": False, "refine_mend_middle": False})
     onnx.save(model, models / "model.onnx")
     onnx_report = predict(images, tmp_path / "onnx", overlays=False, progress=False, backend="onnx",

@@ -1,6 +1,6 @@
-"""Stage 3's window geometry, and how its windows are put back together, in numpy and SciPy alone: shared by the
-bundle's ``scripts/vertebra_windows.py`` and the ONNX path (``spine_seg.onnx_predict``, which loads this file
-without torch or MONAI)."""
+"""Stage 3's window geometry, how its windows are put back together, and the vertebrae's convex outlines, in numpy
+and SciPy alone: shared by the bundle's ``scripts/vertebra_windows.py`` and ``scripts/class_map.py`` and the ONNX path
+(``spine_seg.onnx_predict``, which loads this file without torch or MONAI)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
 
 Window = tuple[float, float, float]  # centre row, centre column, side; pixels
 
@@ -123,3 +124,30 @@ def paste_best(pieces: Iterable[tuple[int, np.ndarray, Window]], shape: Sequence
         labels[inside] = np.where(wins, label, labels[inside])
     labels[best <= threshold] = 0
     return labels
+
+
+def convex_labels(label: np.ndarray, labels: Sequence[int]) -> np.ndarray:
+    """``label`` (``R x C``) with each of ``labels`` grown to the convex hull of its pixel centres, over background
+    pixels only: the other labels keep theirs, and where two hulls meet on background the smaller label (the upper
+    vertebra) keeps the pixel, as in the expert masks, whose vertebrae are filled quadrilaterals through four
+    corners. A label whose pixels span no area (fewer than three, or all in one line) is left as it is. Returns a
+    new map of ``label``'s dtype."""
+    label = np.asarray(label)
+    out = label.copy()
+    boxes = ndimage.find_objects(label.astype(np.int64, copy=False), max(labels, default=0))
+    for k in sorted(labels):
+        box = boxes[k - 1]
+        if box is None:
+            continue
+        mask = label[box] == k
+        rows = np.flatnonzero(mask.any(axis=1))
+        first, last = mask[rows].argmax(axis=1), mask.shape[1] - 1 - mask[rows, ::-1].argmax(axis=1)
+        try:  # the hull of each row's first and last pixel is that of all of them, from far fewer points
+            planes = ConvexHull(np.r_[np.c_[rows, first], np.c_[rows, last]]).equations  # (row, col) normal, offset
+        except QhullError:
+            continue
+        region = out[box]
+        rows, cols = np.nonzero(region == 0)
+        inside = np.all(np.outer(rows, planes[:, 0]) + np.outer(cols, planes[:, 1]) + planes[:, 2] <= 1e-6, axis=1)
+        region[rows[inside], cols[inside]] = k  # <= 0 inside, with a tolerance for the pixels on an edge
+    return out
