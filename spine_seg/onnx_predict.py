@@ -37,9 +37,8 @@ OUTPUT_NAME = "pred"
 # BasicUNet pools four times; the exported graph has no padding branch, so H and W must be multiples of 16.
 SIZE_MULTIPLE = 16
 
-vertebra_windows, mend_end_windows, mend_middle_windows, window_overlap, paste_best, convex_labels = (
-    geometry.vertebra_windows, geometry.mend_end_windows, geometry.mend_middle_windows, geometry.window_overlap,
-    geometry.paste_best, geometry.convex_labels)
+refine_windows, window_overlap, paste_best, convex_labels = (
+    geometry.refine_windows, geometry.window_overlap, geometry.paste_best, geometry.convex_labels)
 
 
 @dataclass(frozen=True)
@@ -254,12 +253,8 @@ class OnnxSegmenter:
     def refine_labels(self, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Stage 3: ``labels`` (``R x C``) redrawn per vertebra on ``image`` (``R x C``); the labels are kept."""
         spec, size = self.spec, (self.spec.refine_size,) * 2
-        num = max(spec.structure_labels, default=0)
-        found = vertebra_windows(labels, num, spec.refine_ratio)
-        if spec.refine_mend_ends:
-            found = mend_end_windows(labels, num, found)
-        if spec.refine_mend_middle:
-            found = mend_middle_windows(labels, num, found)
+        found = refine_windows(labels, max(spec.structure_labels, default=0), spec.refine_ratio,
+                               spec.refine_mend_ends, spec.refine_mend_middle)
         if not found:
             return np.zeros_like(labels)
         scaled, batch = scale_percentiles(image, spec), []

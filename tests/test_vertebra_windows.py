@@ -19,13 +19,11 @@ from spine_seg.evaluation_table import dice
 from spine_seg.predict import DEFAULT_BUNDLE
 
 sys.path.insert(0, str(DEFAULT_BUNDLE))
-from scripts.vertebra_geometry import GAP_RANGE, MIN_AREA_RATIO  # noqa: E402
+from scripts.vertebra_geometry import GAP_RANGE, MIN_AREA_RATIO, mend_end_windows, mend_middle_windows  # noqa: E402
 from scripts.vertebra_windows import (  # noqa: E402
     RefineVertebraed,
     VertebraWindowsd,
     cut_window,
-    mend_end_windows,
-    mend_middle_windows,
     paste_best,
     uncut_window,
     vertebra_windows,
@@ -195,11 +193,11 @@ def test_pasting_gives_each_pixel_the_most_probable_window_over_the_threshold() 
 def test_the_onnx_path_uses_the_bundle_s_window_geometry_without_torch() -> None:
     """``spine_seg.onnx_predict`` loads ``scripts/vertebra_geometry.py`` from the bundle (one copy of the window
     geometry), and imports with torch and MONAI unavailable, as a deployment with onnxruntime alone has them."""
-    assert onnx_predict.vertebra_windows.__code__.co_filename == vertebra_windows.__code__.co_filename
+    assert onnx_predict.refine_windows.__code__.co_filename == vertebra_windows.__code__.co_filename
     assert onnx_predict.window_overlap.__code__.co_filename == window_overlap.__code__.co_filename
     assert onnx_predict.paste_best.__code__.co_filename == paste_best.__code__.co_filename
     blocked = "import sys; sys.modules['torch'] = sys.modules['monai'] = None; import spine_seg.onnx_predict as m; " \
-              "print(m.vertebra_windows(__import__('numpy').ones((4, 6), 'uint8'), 1, 2.0))"
+              "print(m.refine_windows(__import__('numpy').ones((4, 6), 'uint8'), 1, 2.0))"
     out = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "{1: (2.0, 3.0, 12.0)}"
 

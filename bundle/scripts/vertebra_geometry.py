@@ -98,6 +98,18 @@ def mend_middle_windows(label: np.ndarray, num: int, windows: dict[int, Window])
     return dict(sorted(out.items()))
 
 
+def refine_windows(label: np.ndarray, num: int, ratio: float, mend_ends: bool = False,
+                   mend_middle: bool = False) -> dict[int, Window]:
+    """Stage 3's windows for the label map ``label`` (``R x C``, structures 1..``num``): :func:`vertebra_windows`,
+    then, where switched on, :func:`mend_end_windows` and :func:`mend_middle_windows`, in that order."""
+    found = vertebra_windows(label, num, ratio)
+    if mend_ends:
+        found = mend_end_windows(label, num, found)
+    if mend_middle:
+        found = mend_middle_windows(label, num, found)
+    return found
+
+
 def window_overlap(window: Window, shape: Sequence[int]) -> tuple[int, tuple[slice, slice], tuple[slice, slice]]:
     """The window's side in whole pixels, and the slices of its part inside an image of ``shape``: in the image
     and in the window (empty where it lies wholly outside)."""

@@ -21,14 +21,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Resize, ScaleIntensityRangePercentiles
 
-from .vertebra_geometry import (
-    Window,
-    mend_end_windows,
-    mend_middle_windows,
-    paste_best,
-    vertebra_windows,
-    window_overlap,
-)
+from .vertebra_geometry import Window, paste_best, refine_windows, vertebra_windows, window_overlap
 from .weights import load_network
 
 
@@ -118,11 +111,7 @@ class RefineVertebraed(MapTransform):
     @torch.no_grad()
     def refine(self, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """``labels`` (``R x C``) redrawn on ``image`` (``R x C``, scaled to [0, 1]): ``R x C`` uint8."""
-        found = vertebra_windows(labels, self.num, self.ratio)
-        if self.mend_ends:
-            found = mend_end_windows(labels, self.num, found)
-        if self.mend_middle:
-            found = mend_middle_windows(labels, self.num, found)
+        found = refine_windows(labels, self.num, self.ratio, self.mend_ends, self.mend_middle)
         if not found:
             return np.zeros_like(labels, dtype=np.uint8)
         windows = list(found.values())
