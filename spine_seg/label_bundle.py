@@ -3,8 +3,8 @@
 MONAI Label's ``monaibundle`` app serves a bundle folder as it is: the weights in its ``models/``, the class
 count in ``configs/inference.json`` and the label names in ``configs/metadata.json`` (the output
 ``channel_def``). :func:`write_label_bundle` writes such a folder for other weights: the bundle's configs and
-scripts, the three stages' weights, ``num_classes`` from the weights and the names from the data set's
-``dataset.json``.
+scripts, the three stages' weights (and stage 3's level sizes, ``refine_sizes.json``, where training wrote them),
+``num_classes`` from the weights and the names from the data set's ``dataset.json``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def write_label_bundle(models_dir: str | Path, dataset_json: str | Path, out: st
         shutil.copytree(bundle_dir / "configs", tmp / "configs")
         shutil.copytree(bundle_dir / "scripts", tmp / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
         (tmp / "models").mkdir()
-        for weights in (coarse, fine, refine):
+        sizes = models_dir / "refine_sizes.json"
+        for weights in (coarse, fine, refine, *([sizes] if refine and sizes.is_file() else [])):
             shutil.copy2(weights, tmp / "models" / weights.name)
         inference = json.loads((tmp / "configs" / "inference.json").read_text())
         inference["num_classes"] = classes

@@ -35,8 +35,9 @@ def _config_files(bundle_dir: Path) -> tuple[Path, Path]:
     return bundle_dir / "configs" / "inference.json", bundle_dir / "configs" / "metadata.json"
 
 
-def _parser(bundle_dir: Path, num_classes: int | None = None) -> Any:
-    """``inference.json`` with ``metadata.json``; ``num_classes`` (background included) replaces the config's."""
+def _parser(bundle_dir: Path, num_classes: int | None = None, refine_ckpt: Path | None = None) -> Any:
+    """``inference.json`` with ``metadata.json``; ``num_classes`` (background included) and ``refine_ckpt`` (stage 3's
+    weights, whose level sizes lie beside them) replace the config's."""
     from monai.bundle import ConfigParser
 
     if str(bundle_dir) not in sys.path:  # the bundle's `scripts` package, as `monai.bundle run` adds it
@@ -47,6 +48,8 @@ def _parser(bundle_dir: Path, num_classes: int | None = None) -> Any:
     parser.read_meta(str(meta))
     if num_classes is not None:
         parser["num_classes"] = num_classes
+    if refine_ckpt is not None:
+        parser["refine_ckpt_path"] = str(refine_ckpt)
     return parser
 
 
@@ -82,10 +85,12 @@ def _fitted_network(state: dict, ckpt: Path, bundle_dir: Path, net_id: str) -> A
     return net.eval()
 
 
-def inference_spec(bundle_dir: str | Path = DEFAULT_BUNDLE, num_classes: int | None = None) -> InferenceSpec:
+def inference_spec(bundle_dir: str | Path = DEFAULT_BUNDLE, num_classes: int | None = None,
+                   refine_ckpt: str | Path | None = None) -> InferenceSpec:
     """Read the ONNX path's parameters from ``inference.json`` (Resized, ScaleIntensityRangePercentilesd, ...),
-    for a model of ``num_classes`` classes instead of the config's when given."""
-    parser = _parser(Path(bundle_dir), num_classes)
+    for a model of ``num_classes`` classes instead of the config's when given, and stage 3's level sizes from beside
+    ``refine_ckpt`` (default: the config's stage-3 weights)."""
+    parser = _parser(Path(bundle_dir), num_classes, None if refine_ckpt is None else Path(refine_ckpt))
     transforms = parser["preprocessing"]["transforms"]
     ids = {t.get("_target_"): f"preprocessing#transforms#{i}" for i, t in enumerate(transforms)}
     coarse_id, crop_id = "scripts.spine_crop.CoarseSpineMaskd", "scripts.spine_crop.SpineBoxCropd"
@@ -119,6 +124,7 @@ def inference_spec(bundle_dir: str | Path = DEFAULT_BUNDLE, num_classes: int | N
         refine_threshold=float(get("refine#threshold", 0.5)),
         refine_mend_ends=bool(get("refine#mend_ends", False)),
         refine_mend_middle=bool(get("refine#mend_middle", False)),
+        refine_level_sizes=tuple(float(v) for v in (get("refine#level_sizes") if refine else None) or ()),
         convex_vertebrae=bool(get("convex_vertebrae", False)),
     )
 
@@ -194,7 +200,7 @@ def export_model(
     refine_ckpt = Path(refine_ckpt or bundle_dir / "models" / "refine.pt")
     net, coarse = load_network(ckpt, bundle_dir), load_network(coarse_ckpt, bundle_dir, "coarse_network_def")
     classes = stage_classes(coarse_ckpt, Path(ckpt))
-    spec = inference_spec(bundle_dir, classes)
+    spec = inference_spec(bundle_dir, classes, refine_ckpt)
     stages = {"": (Path(ckpt), net, "network_def", "model"),
               "coarse_": (coarse_ckpt, coarse, "coarse_network_def", Path(spec.coarse_model).stem)}
     if spec.refine_model:

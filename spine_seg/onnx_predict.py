@@ -8,7 +8,8 @@ it leaves the image. Stage 2 (``model.onnx``): the same resize and scaling of th
 network, softmax, bilinear resize of the probabilities back to the box and paste into the image
 (``Invertd``), argmax and the largest component per label. Stage 3 (``refine.onnx``, where exported): one square
 window per vertebra of that map (an end vertebra that breaks the chain moved next to its neighbour where
-``refine_mend_ends`` is on, a squeezed middle one to its neighbours' midpoint where ``refine_mend_middle`` is),
+``refine_mend_ends`` is on, a squeezed middle one to its neighbours' midpoint where ``refine_mend_middle`` is, and
+each side the case's scale times its level's size where ``refine_level_sizes`` holds them),
 cut from the percentile-scaled image and resized to the stage's grid, network, the centre-class probability resized
 back and pasted; each pixel takes the vertebra of the highest probability over the threshold (the bundle's
 ``scripts/vertebra_windows.py``), and the largest component per label again. Last, where ``convex_vertebrae`` is on,
@@ -64,6 +65,7 @@ class InferenceSpec:
     refine_threshold: float = 0.5
     refine_mend_ends: bool = False
     refine_mend_middle: bool = False
+    refine_level_sizes: tuple[float, ...] = ()  # empty: each window sized by its own vertebra
     convex_vertebrae: bool = False
 
     def to_json(self) -> str:
@@ -76,6 +78,7 @@ class InferenceSpec:
         raw["structure_labels"] = tuple(int(s) for s in raw["structure_labels"])
         raw["coarse_spatial_size"] = tuple(int(s) for s in raw["coarse_spatial_size"])
         raw["crop_margins"] = tuple(float(m) for m in raw["crop_margins"])
+        raw["refine_level_sizes"] = tuple(float(v) for v in raw.get("refine_level_sizes", ()))
         return cls(**raw)
 
 
@@ -254,7 +257,7 @@ class OnnxSegmenter:
         """Stage 3: ``labels`` (``R x C``) redrawn per vertebra on ``image`` (``R x C``); the labels are kept."""
         spec, size = self.spec, (self.spec.refine_size,) * 2
         found = refine_windows(labels, max(spec.structure_labels, default=0), spec.refine_ratio,
-                               spec.refine_mend_ends, spec.refine_mend_middle)
+                               spec.refine_mend_ends, spec.refine_mend_middle, spec.refine_level_sizes or None)
         if not found:
             return np.zeros_like(labels)
         scaled, batch = scale_percentiles(image, spec), []

@@ -233,6 +233,11 @@ def test_stage_2_ships_the_mean_of_its_best_and_last_weights(trained: dict, phan
     refine_best, refine_last = torch.load(refine_run / "best_refine.pt"), torch.load(newest_checkpoint(refine_run))
     for k, v in torch.load(trained["refine"]).items():
         torch.testing.assert_close(v, (refine_best[k] + refine_last["model"][k]) / 2, msg="stage 3 ships the mean")
+    sizes = json.loads((trained["refine"].parent / "refine_sizes.json").read_text())
+    cases = json.loads((phantom_data / "dataset.json").read_text())["training"]
+    assert sizes["labels"] == sum(case["fold"] != 0 for case in cases), "fold 0's training cases"
+    assert len(sizes["level_sizes"]) == 6 and 0.9 < float(np.median(sizes["level_sizes"])) < 1.1, \
+        "and beside it each level's window size, measured on the training labels"
     # the evaluator's own record of its best epoch (its last line in stage 2's log) is the one kept
     value, epoch = re.findall(r"Key metric: val_mean_dice best value: (\S+) at epoch: (\d+)", trained["fine_log"])[-1]
     record = json.loads((run_dir / "best_metric.json").read_text())
@@ -432,6 +437,8 @@ def test_own_structures_are_trained_and_evaluated_with_their_class_count(own_tra
     )
     _, rows = evaluation_table(tmp_path / "eval", own_trained["data"] / "dataset.json")
     assert [row["structure"] for row in rows] == [*OWN_NAMES, "mean"]
+    sizes = json.loads((own_trained["refine"].parent / "refine_sizes.json").read_text())["level_sizes"]
+    assert len(sizes) == len(OWN_NAMES), "stage 3's level sizes are its own data set's"
 
 
 def test_own_structures_are_predicted_in_their_own_format(own_trained: dict, tmp_path: Path) -> None:

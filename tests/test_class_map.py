@@ -4,6 +4,8 @@ convex hull (ConvexPerLabeld, on vertebra_geometry.convex_labels)."""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from collections.abc import Callable
 
@@ -129,3 +131,11 @@ def test_the_bundle_s_postprocessing_uses_them(bundle_config: Callable[..., Conf
         assert isinstance(convex, ConvexPerLabeld)
         assert convex.converter.applied_labels == largest.converter.applied_labels
         assert config.get_parsed_content("convex_vertebrae") is True
+        # stage 3 sizes its windows by the level sizes that lie beside its weights (shipped: T12-L5, widening)
+        refine = config.get_parsed_content(f"{prefix}refine")
+        sizes = json.loads((DEFAULT_BUNDLE / "models" / "refine_sizes.json").read_text())["level_sizes"]
+        assert refine.level_sizes == sizes and len(sizes) == refine.num and sizes == sorted(sizes)
+        assert config.get_parsed_content("refine_sizes_path") == os.path.join(
+            os.path.dirname(config.get_parsed_content("refine_ckpt_path")), "refine_sizes.json")
+        config["refine_level_sizes"] = False
+        assert config.get_parsed_content(f"{prefix}refine", lazy=False).level_sizes is None, "switched off"

@@ -146,7 +146,10 @@ def test_onnx_stage_3_redraws_the_vertebrae_as_the_bundle_does(exported_model: d
     weights = DEFAULT_BUNDLE / "models" / "refine.pt"
     bundle = RefineVertebraed("pred", "original", load_network(weights, net_id="refine_network_def"), str(weights),
                               ratio=spec.refine_ratio, size=spec.refine_size, threshold=spec.refine_threshold,
-                              mend_ends=spec.refine_mend_ends, mend_middle=spec.refine_mend_middle)
+                              mend_ends=spec.refine_mend_ends, mend_middle=spec.refine_mend_middle,
+                              level_sizes=list(spec.refine_level_sizes))
+    shipped = json.loads((weights.parent / "refine_sizes.json").read_text())["level_sizes"]
+    assert list(spec.refine_level_sizes) == shipped, "the spec carries the level sizes beside the stage-3 weights"
     image, labels = make_phantom((400, 180), seed=4)
     scaled = ScaleIntensityRangePercentiles(spec.lower, spec.upper, spec.b_min, spec.b_max, clip=spec.clip)(
         image[None].astype(np.float32))[0].numpy()
@@ -184,6 +187,7 @@ def test_onnx_backend_agrees_with_torch_backend(
     spec = json.loads(prop.value)
     assert spec["refine_mend_ends"] is spec["refine_mend_middle"] is True, "the spec carries inference.json's switches"
     assert spec["convex_vertebrae"] is True, "and the convex outlines' switch, which this comparison keeps on"
+    assert len(spec["refine_level_sizes"]) == 6, "and the level sizes, which it keeps on too"
     prop.value = json.dumps({**spec, "refine_mend_ends": False, "refine_mend_middle": False})
     onnx.save(model, models / "model.onnx")
     onnx_report = predict(images, tmp_path / "onnx", overlays=False, progress=False, backend="onnx",

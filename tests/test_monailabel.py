@@ -208,6 +208,8 @@ def test_weights_of_your_own_are_served_with_their_class_count_and_names(
     for net_id, name in (("coarse_network_def", "coarse.pt"), ("network_def", "model.pt"),
                          ("refine_network_def", "refine.pt")):
         torch.save(build_network(net_id=net_id, num_classes=6).state_dict(), tmp_path / "models" / name)
+    sizes = {"level_sizes": [0.9, 0.95, 1.0, 1.05, 1.1], "labels": 20}  # stage 3's, as training writes them
+    (tmp_path / "models" / "refine_sizes.json").write_text(json.dumps(sizes))
     dataset = tmp_path / "dataset.json"
     labels = {"0": "background", **{str(k): f"L{k}" for k in range(1, 6)}}
     dataset.write_text(json.dumps({"labels": {**labels, "6": "S"}}))
@@ -216,6 +218,7 @@ def test_weights_of_your_own_are_served_with_their_class_count_and_names(
     assert not (tmp_path / "copy").exists()
     dataset.write_text(json.dumps({"labels": labels}))
     bundle = write_label_bundle(tmp_path / "models", dataset, tmp_path / "copy")
+    assert json.loads((bundle / "models" / "refine_sizes.json").read_text()) == sizes, "served with its level sizes"
     with serve(prepare_app(tmp_path / "apps", bundle), phantom_studies, tmp_path / "server.log") as base:
         assert _get_json(f"{base}/info/")["models"][MODEL_NAME]["labels"] == {f"l{k}": k for k in range(1, 6)}
         served = tmp_path / "served.nii.gz"

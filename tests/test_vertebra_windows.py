@@ -19,7 +19,16 @@ from spine_seg.evaluation_table import dice
 from spine_seg.predict import DEFAULT_BUNDLE
 
 sys.path.insert(0, str(DEFAULT_BUNDLE))
-from scripts.vertebra_geometry import GAP_RANGE, MIN_AREA_RATIO, mend_end_windows, mend_middle_windows  # noqa: E402
+from scripts.level_sizes import read_level_sizes, write_level_sizes  # noqa: E402
+from scripts.vertebra_geometry import (  # noqa: E402
+    GAP_RANGE,
+    MIN_AREA_RATIO,
+    level_proportions,
+    level_sized_windows,
+    mend_end_windows,
+    mend_middle_windows,
+    refine_windows,
+)
 from scripts.vertebra_windows import (  # noqa: E402
     RefineVertebraed,
     VertebraWindowsd,
@@ -158,6 +167,65 @@ def test_a_middle_vertebra_is_left_alone_where_the_chain_gives_no_room_or_it_is_
     # the end vertebrae are mend_end_windows' to judge, whatever their size
     ends = _squeezed(regular, 1)
     assert mend_middle_windows(ends, 6, vertebra_windows(ends, 6, 1.6)) == vertebra_windows(ends, 6, 1.6)
+
+
+def _widening(widths: dict[int, int]) -> np.ndarray:
+    """The regular chain with vertebra k ``widths[k]`` columns wide (30 rows tall), centred on column 100."""
+    label = np.zeros((420, 200), np.uint8)
+    for k, width in widths.items():
+        label[REGULAR[k] : REGULAR[k] + 30, 100 - width // 2 : 100 - width // 2 + width] = k
+    return label
+
+
+LEVEL_WIDTHS = {1: 40, 2: 44, 3: 48, 4: 52, 5: 56, 6: 60}
+
+
+def test_level_proportions_are_each_window_over_the_case_s_median() -> None:
+    label = _widening(LEVEL_WIDTHS)
+    sizes = level_proportions(label, 6)
+    assert sizes == pytest.approx(np.array(list(LEVEL_WIDTHS.values())) / 50)  # median of 48 and 52
+    assert level_proportions(np.where(label == 4, 0, label), 6) is None, "only labels holding every level count"
+
+
+def test_level_sized_windows_take_the_case_s_scale_times_each_level_s_size() -> None:
+    """A vertebra drawn too narrow (or missing) does not size its own window: the others set the case's scale."""
+    sizes = np.array(list(LEVEL_WIDTHS.values())) / 50
+    truth = vertebra_windows(_widening(LEVEL_WIDTHS), 6, 1.6)
+    narrow = _widening({**LEVEL_WIDTHS, 3: 36})
+    found = vertebra_windows(narrow, 6, 1.6)
+    assert found[3][2] == pytest.approx(0.75 * truth[3][2])
+    sized = level_sized_windows(found, sizes)
+    assert np.array([sized[k] for k in range(1, 7)]) == pytest.approx(np.array([truth[k] for k in range(1, 7)])), \
+        "every side back at its level's, centres kept"
+    assert refine_windows(narrow, 6, 1.6, level_sizes=sizes) == sized
+    bigger = level_sized_windows({k: (r, c, 2 * s) for k, (r, c, s) in found.items() if k != 2}, sizes)
+    assert list(bigger) == [1, 3, 4, 5, 6], "no window is added"
+    assert [bigger[k][2] for k in bigger] == pytest.approx([2 * truth[k][2] for k in bigger]), "the case's own scale"
+    assert level_sized_windows({}, sizes) == {}
+
+
+def test_level_sizes_are_measured_on_the_training_labels_and_read_beside_the_weights(
+        tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    import nibabel as nib
+
+    paths = []
+    for i, widths in enumerate([LEVEL_WIDTHS, {k: 2 * w for k, w in LEVEL_WIDTHS.items()}, {1: 40, 2: 44}]):
+        paths.append(tmp_path / f"{i}.nii.gz")
+        nib.save(nib.Nifti1Image(_widening(widths), np.eye(4)), paths[-1])
+    target = tmp_path / "models" / "refine_sizes.json"
+    target.parent.mkdir()
+    written = write_level_sizes(paths, 6, target)
+    assert written == pytest.approx(np.array(list(LEVEL_WIDTHS.values())) / 50, abs=1e-4), "incomplete label left out"
+    assert read_level_sizes(target) == written
+    with caplog.at_level("WARNING"):
+        assert write_level_sizes(paths[2:], 6, target) is None
+        assert not target.exists(), "no sizes left from an earlier run"
+        assert read_level_sizes(target) is None
+    assert "none of the 1 training labels holds all 6 structures" in caplog.text
+    assert "each window takes its own vertebra's size" in caplog.text
+    target.write_text('{"level_sizes": [1.0, -2]}')
+    with pytest.raises(ValueError, match="refine_sizes.json: not a level-sizes file"):
+        read_level_sizes(target)
 
 
 def test_the_bundle_s_chain_limits_are_the_anatomy_checks() -> None:
@@ -304,6 +372,25 @@ def test_refinement_redraws_a_squeezed_middle_vertebra_on_its_body_when_mending(
     assert dice(plain.refine(image, squeezed) == 3, truth == 3) < 0.8
     out = mending.refine(image, squeezed)
     assert all(dice(out == k, truth == k) > 0.95 for k in range(1, 7))
+
+
+def test_refinement_sizes_each_window_by_its_level_when_given_level_sizes() -> None:
+    """Vertebra 3 drawn as a small part of its body in the map: its own window is too small to hold the body, the
+    window sized by the case's scale and its level holds it whole. Sizes for another number of structures (weights
+    of another data set) are refused."""
+    truth = _widening(LEVEL_WIDTHS)
+    image = (0.15 * truth).astype(np.float32)
+    narrow = np.where(truth == 3, 0, truth).astype(np.uint8)
+    rows, cols = np.indices(truth.shape)
+    narrow[(truth == 3) & (np.abs(cols - 100) < 8) & (np.abs(rows - REGULAR[3] - 15) < 6)] = 3  # 16 x 12 px
+    sizes = list(np.array(list(LEVEL_WIDTHS.values())) / 50)
+    plain = RefineVertebraed("pred", "original", _SameValue(), "unused.pt", num_classes=7, size=64)
+    sized = RefineVertebraed("pred", "original", _SameValue(), "unused.pt", num_classes=7, size=64, level_sizes=sizes)
+    assert dice(plain.refine(image, narrow) == 3, truth == 3) < 0.9
+    out = sized.refine(image, narrow)
+    assert all(dice(out == k, truth == k) > 0.95 for k in range(1, 7))
+    with pytest.raises(ValueError, match="give 5 sizes for 6 structures"):
+        RefineVertebraed("pred", "original", _SameValue(), "unused.pt", num_classes=7, level_sizes=sizes[:5])
 
 
 def test_refine_transform_loads_its_weights_and_keeps_the_map_s_metadata(tmp_path) -> None:

@@ -99,14 +99,17 @@ def mend_middle_windows(label: np.ndarray, num: int, windows: dict[int, Window])
 
 
 def refine_windows(label: np.ndarray, num: int, ratio: float, mend_ends: bool = False,
-                   mend_middle: bool = False) -> dict[int, Window]:
+                   mend_middle: bool = False, level_sizes: Sequence[float] | None = None) -> dict[int, Window]:
     """Stage 3's windows for the label map ``label`` (``R x C``, structures 1..``num``): :func:`vertebra_windows`,
-    then, where switched on, :func:`mend_end_windows` and :func:`mend_middle_windows`, in that order."""
+    then, where switched on, :func:`mend_end_windows` and :func:`mend_middle_windows`, in that order, and last, with
+    ``level_sizes`` (one per structure), each side from the case's scale and its level (:func:`level_sized_windows`)."""
     found = vertebra_windows(label, num, ratio)
     if mend_ends:
         found = mend_end_windows(label, num, found)
     if mend_middle:
         found = mend_middle_windows(label, num, found)
+    if level_sizes is not None:
+        found = level_sized_windows(found, level_sizes)
     return found
 
 
@@ -163,3 +166,23 @@ def convex_labels(label: np.ndarray, labels: Sequence[int]) -> np.ndarray:
         inside = np.all(np.outer(rows, planes[:, 0]) + np.outer(cols, planes[:, 1]) + planes[:, 2] <= 1e-6, axis=1)
         region[rows[inside], cols[inside]] = k  # <= 0 inside, with a tolerance for the pixels on an edge
     return out
+
+
+def level_proportions(label: np.ndarray, num: int) -> np.ndarray | None:
+    """Each structure's window size in ``label`` (``R x C``, structures 1..``num``): its bounding box's larger side
+    over the median of them (``num`` values, their median 1); ``None`` unless every structure is present."""
+    found = vertebra_windows(label, num, 1.0)
+    if len(found) < num:
+        return None
+    sides = np.array([found[k][2] for k in range(1, num + 1)])
+    return sides / np.median(sides)
+
+
+def level_sized_windows(windows: dict[int, Window], level_sizes: Sequence[float]) -> dict[int, Window]:
+    """``windows`` (of structures 1..``len(level_sizes)``) with each side the case's scale times its level's size
+    (``level_sizes[k - 1]``): the scale is the median over the windows of side / level size. Centres unchanged."""
+    if not windows:
+        return windows
+    sizes = np.asarray(level_sizes, dtype=float)
+    scale = float(np.exp(np.median([np.log(w[2] / sizes[k - 1]) for k, w in windows.items()])))
+    return {k: (row, col, scale * float(sizes[k - 1])) for k, (row, col, _) in windows.items()}

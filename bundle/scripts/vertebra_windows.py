@@ -9,7 +9,8 @@ stage 2's label map, resizes the centre-class probabilities back and gives each 
 probability where that is over ``threshold`` (``paste_best``, window by window). Nothing is renamed: each window
 keeps the label stage 2 gave it. With ``mend_ends``, an end vertebra that breaks an otherwise regular chain has its
 window moved one step beyond its neighbour first (``mend_end_windows``); with ``mend_middle``, a squeezed or missing
-middle vertebra has it moved to the midpoint of its neighbours (``mend_middle_windows``).
+middle vertebra has it moved to the midpoint of its neighbours (``mend_middle_windows``). With ``level_sizes`` (one
+per structure, ``scripts/level_sizes.py``), each window's side is the case's scale times its level's size.
 """
 
 from __future__ import annotations
@@ -92,18 +93,24 @@ class RefineVertebraed(MapTransform):
     window of an end vertebra (1 or the last) that breaks an otherwise regular chain goes one step beyond its
     neighbour instead (:func:`mend_end_windows`); with ``mend_middle``, that of a middle vertebra squeezed (or
     missing) between neighbours that leave room for one body goes to their midpoint (:func:`mend_middle_windows`,
-    after the ends). ``network`` gets the weights of ``ckpt_path`` on first use. The map keeps its type, metadata
-    and shape.
+    after the ends). With ``level_sizes`` (one per structure), each side is then the case's scale times its
+    level's size (:func:`level_sized_windows`). ``network`` gets the weights of ``ckpt_path`` on first use. The map
+    keeps its type, metadata and shape.
     """
 
     def __init__(self, keys: KeysCollection, image_key: str, network: torch.nn.Module, ckpt_path: str,
                  num_classes: int = 7, ratio: float = 1.6, size: int = 128, threshold: float = 0.5,
                  percentiles: Sequence[float] = (0.5, 99.5), device: str | torch.device = "cpu",
-                 mend_ends: bool = False, mend_middle: bool = False, allow_missing_keys: bool = False) -> None:
+                 mend_ends: bool = False, mend_middle: bool = False, level_sizes: Sequence[float] | None = None,
+                 allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.image_key, self.network, self.ckpt_path = image_key, network, str(ckpt_path)
         self.mend_ends, self.mend_middle = bool(mend_ends), bool(mend_middle)
         self.num, self.ratio, self.size, self.threshold = num_classes - 1, float(ratio), int(size), float(threshold)
+        if level_sizes is not None and len(level_sizes) != self.num:
+            raise ValueError(f"stage 3's level sizes (refine_sizes.json beside its weights) give {len(level_sizes)} "
+                             f"sizes for {self.num} structures: weights of another data set?")
+        self.level_sizes = None if level_sizes is None else [float(v) for v in level_sizes]
         self.scale = ScaleIntensityRangePercentiles(*percentiles, b_min=0.0, b_max=1.0, clip=True)
         self.device = torch.device(device)
         self._loaded = False
@@ -111,7 +118,7 @@ class RefineVertebraed(MapTransform):
     @torch.no_grad()
     def refine(self, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """``labels`` (``R x C``) redrawn on ``image`` (``R x C``, scaled to [0, 1]): ``R x C`` uint8."""
-        found = refine_windows(labels, self.num, self.ratio, self.mend_ends, self.mend_middle)
+        found = refine_windows(labels, self.num, self.ratio, self.mend_ends, self.mend_middle, self.level_sizes)
         if not found:
             return np.zeros_like(labels, dtype=np.uint8)
         windows = list(found.values())
