@@ -17,6 +17,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from monai.transforms import LoadImage
@@ -65,7 +66,7 @@ def read_level_sizes(path: str | os.PathLike) -> list[float] | None:
         logger.warning("%s: no level sizes beside the stage-3 weights; each window takes its own vertebra's size", path)
         return None
     try:
-        sizes = json.loads(open(path).read())["level_sizes"]
+        sizes = json.loads(Path(path).read_text())["level_sizes"]
         if not sizes or not all(isinstance(v, (int, float)) and v > 0 for v in sizes):
             raise ValueError("'level_sizes' is not a list of positive numbers")
     except (ValueError, KeyError, TypeError) as err:
