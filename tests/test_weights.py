@@ -116,6 +116,11 @@ def test_finalize_averages_once_and_never_in_evaluation(bundle_config: Callable[
     assert ddp["finalize"][0] == single[0] and "destroy_process_group" in ddp["finalize"][-1]
     assert ddp["rank"] == "$torch.distributed.get_rank()"
     assert bundle_config("train.json", "evaluate.json")["finalize"] == []
+    # stage 3 adds its level sizes after the same averaging step, before the process group goes under DDP
+    refine = bundle_config("train.json", "train_refine.json")["finalize"]
+    assert refine[0] == single[0] and len(refine) == 2 and "@write_level_sizes(" in refine[1]
+    refine_ddp = bundle_config("train.json", "train_refine.json", "multi_gpu_train.json")["finalize"]
+    assert refine_ddp[:2] == refine and "destroy_process_group" in refine_ddp[-1]
 
 
 def validated(saver: BestWeightsSaver, net: torch.nn.Module, epoch: int, dice: float) -> None:
