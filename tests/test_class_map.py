@@ -120,7 +120,8 @@ def test_convex_transform_keeps_the_map_s_type_and_metadata() -> None:
     assert np.array_equal(out[0].numpy(), convex_labels(array[0], [1])) and int(out.sum()) > int(array.sum())
 
 
-def test_the_bundle_s_postprocessing_uses_them(bundle_config: Callable[..., ConfigParser]) -> None:
+def test_the_bundle_s_postprocessing_uses_them(bundle_config: Callable[..., ConfigParser],
+                                               caplog: pytest.LogCaptureFixture) -> None:
     for config, prefix in ((bundle_config("inference.json"), ""),
                            (bundle_config("train.json", "evaluate.json"), "validate#")):
         assert isinstance(config.get_parsed_content(f"{prefix}postprocessing_transforms#argmax"), ClassArgMaxd)
@@ -139,3 +140,8 @@ def test_the_bundle_s_postprocessing_uses_them(bundle_config: Callable[..., Conf
             os.path.dirname(config.get_parsed_content("refine_ckpt_path")), "refine_sizes.json")
         config["refine_level_sizes"] = False
         assert config.get_parsed_content(f"{prefix}refine", lazy=False).level_sizes is None, "switched off"
+        config["refine_level_sizes"], config["refine_vertebrae"] = True, False
+        config["refine_ckpt_path"] = "/nowhere/refine.pt"  # no sizes to read, and none read with stage 3 off
+        with caplog.at_level("WARNING"):
+            assert config.get_parsed_content("refine_sizes", lazy=False) is None
+        assert "no level sizes" not in caplog.text, "stage 3 off: its sizes file is not looked for"
